@@ -1,0 +1,81 @@
+"""One typed configuration for every run: the model, the optimiser and the data handling.
+
+A run writes its resolved `Config` (seed included) as `config.json` in its folder, so it can be
+repeated exactly; a checkpoint carries it too. `Config.lab()` is the lab handout's setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from rnnlab.errors import UserError
+
+
+@dataclass
+class Config:
+    # -- model --
+    cell: str = "gru"  # recurrent cell: 'rnn' (vanilla, the handout's), 'lstm' or 'gru'
+    hidden: int = 128  # H: size of the hidden state s_t
+    phi: str = "tanh"  # nonlinearity of the vanilla RNN: 'tanh' or 'relu'
+    embed_dim: int | None = 128  # D: word embedding size; None feeds one-hot words straight into U (the lab)
+    backward: str = "autograd"  # 'autograd' (loss.backward through the loop) or 'manual' (hand-written BPTT)
+    # -- optimisation --
+    optimizer: str = "adam"  # 'sgd', 'adagrad' or 'adam', all written by hand in optim.py
+    lr: float = 2e-3  # learning rate
+    momentum: float = 0.0  # SGD momentum (0 = plain SGD)
+    weight_decay: float = 0.0  # L2 penalty added to the gradient
+    clip: float | None = 5.0  # clip the gradients' global L2 norm to this; None = no clipping
+    batch_size: int = 32  # sentences per step
+    epochs: int = 10  # passes over the training split
+    patience: int | None = 3  # stop after this many epochs without a better validation loss; None = never
+    # -- data --
+    lowercase: bool = True  # lower-case text before tokenising (the lab keeps "The" as written)
+    min_freq: int = 1  # words seen fewer times in the training split map to <unk>
+    max_vocab: int | None = 20000  # keep at most this many words (specials included); None = all
+    val_frac: float = 0.1  # fraction held out for validation (early stopping) when no --val file is given
+    test_frac: float = 0.1  # fraction held out for the final test when no --test file is given
+    bucket: bool = True  # batch sentences of similar length together (less padding, same maths)
+    seed: int = 0  # seeds the weights, the split and the batch order
+    device: str = "cpu"  # 'cpu' or 'cuda'
+
+    @classmethod
+    def lab(cls, **overrides) -> Config:
+        """The lab handout: n = 2, one-hot words, SGD with lr 0.1, 300 epochs, one sentence a step, seed 42."""
+        base = dict(cell="rnn", hidden=2, embed_dim=None, optimizer="sgd", lr=0.1, clip=None, batch_size=1,
+                    epochs=300, patience=None, lowercase=False, bucket=False, seed=42)
+        return cls(**{**base, **overrides})
+
+    def validate(self) -> Config:
+        """Raise UserError (one line, with the fix) for settings no run can use."""
+        checks = [
+            (self.cell in ("rnn", "lstm", "gru"), f"--cell {self.cell}: choose rnn, lstm or gru"),
+            (self.phi in ("tanh", "relu"), f"--phi {self.phi}: choose tanh or relu"),
+            (self.backward in ("autograd", "manual"), f"--backward {self.backward}: choose autograd or manual"),
+            (self.optimizer in ("sgd", "adagrad", "adam"), f"--optimizer {self.optimizer}: choose sgd, adagrad, adam"),
+            (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden 2"),
+            (self.epochs >= 1, f"--epochs {self.epochs}: train for at least one epoch, e.g. --epochs 300"),
+            (self.lr > 0, f"--lr {self.lr}: the learning rate must be positive, e.g. --lr 0.1"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: use at least 1"),
+            (self.embed_dim is None or self.embed_dim >= 1, f"--embed-dim {self.embed_dim}: use a positive size"),
+            (self.clip is None or self.clip > 0, f"--clip {self.clip}: use a positive norm, or leave it out"),
+            (self.momentum >= 0 and self.weight_decay >= 0, "--momentum and --weight-decay must be >= 0"),
+            (0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1,
+             "--val-frac and --test-frac must be in [0, 1) and sum to less than 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

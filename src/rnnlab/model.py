@@ -1,0 +1,104 @@
+"""The sentence classifier: token ids -> recurrent cell -> last state -> class logits.
+
+    x_t  = one-hot(id_t)  or  E[id_t]              (embedding E (V, D) when embed_dim is set)
+    s_t  = cell(x_t, s_{t-1}),  s_0 = 0            (rnn: s_t = phi(W s_{t-1} + U x_t + b))
+    logits = W_out s_T + b_out                     s_T: the state at each sentence's last word
+    class  = argmax(logits)
+
+With no embedding, as in the lab handout, U (H, V) multiplies the one-hot vector directly, which is a
+lookup of U's column for the word. All parameters are plain leaf tensors with `requires_grad`, named
+after the symbols (`W`, `U`, `b`, `W_out`, `b_out`, `E`); no torch.nn layers compute anything here.
+
+Left out: dropout, several stacked layers, attention or pooling over the states.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rnnlab.cells import Cell, make_cell
+from rnnlab.recurrent import unroll
+
+
+class Classifier:
+    """ids (B, T) with lengths (B,) -> logits (B, C).
+
+    W_out, b_out ~ Uniform(-1/sqrt(H), 1/sqrt(H)) (torch.nn.Linear's default, fan-in H); the cell
+    initialises itself the same way; the embedding E ~ N(0, 1) as torch.nn.Embedding does.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int, num_classes: int = 2, *, cell: str = "rnn",
+                 phi: str = "tanh", embed_dim: int | None = None, backward: str = "autograd",
+                 seed: int | None = None, dtype=torch.float32, device=None):
+        if vocab_size < 1 or hidden_size < 1 or num_classes < 2:
+            raise ValueError("need vocab_size >= 1, hidden_size >= 1 and num_classes >= 2")
+        g = torch.Generator(device=device or "cpu")
+        if seed is not None:
+            g.manual_seed(seed)
+        else:
+            g.seed()
+        self.vocab_size, self.hidden_size, self.num_classes = vocab_size, hidden_size, num_classes
+        self.embed_dim, self.backward = embed_dim, backward
+        self.E = None
+        if embed_dim:
+            self.E = torch.randn(vocab_size, embed_dim, generator=g, dtype=dtype, device=device).requires_grad_()
+        input_size = embed_dim or vocab_size
+        self.cell: Cell = make_cell(cell, input_size, hidden_size, phi=phi, generator=g, dtype=dtype,
+                                    device=device)
+        k = 1.0 / math.sqrt(hidden_size)
+        self.W_out = torch.empty(num_classes, hidden_size, dtype=dtype, device=device).uniform_(-k, k, generator=g)
+        self.b_out = torch.empty(num_classes, dtype=dtype, device=device).uniform_(-k, k, generator=g)
+        self.W_out.requires_grad_()
+        self.b_out.requires_grad_()
+
+    # -- parameters -----------------------------------------------------------------------------------
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        """{'W': ..., 'U': ..., 'b': ..., ['b_hn', 'E'], 'W_out': ..., 'b_out': ...}"""
+        params = {n: p for n, p in zip(self.cell.param_names, self.cell.parameters()) if p is not None}
+        if self.E is not None:
+            params["E"] = self.E
+        params["W_out"], params["b_out"] = self.W_out, self.b_out
+        return params
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.named_parameters().values())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.named_parameters().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        mine = self.named_parameters()
+        if set(state) != set(mine):
+            raise KeyError(f"parameter names differ: expected {sorted(mine)}, got {sorted(state)}")
+        with torch.no_grad():
+            for n, p in mine.items():
+                if state[n].shape != p.shape:
+                    raise ValueError(f"{n}: expected shape {tuple(p.shape)}, got {tuple(state[n].shape)}")
+                p.copy_(state[n])
+
+    # -- forward --------------------------------------------------------------------------------------
+    def states(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, backward: str | None = None):
+        """All states: outputs (T, B, H) (zero past each length) and the final state tuple."""
+        assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
+        x = ids if self.E is None else self.E[ids]  # one-hot(id) U == U[:, id];  or E[id]  (B, T, D)
+        return unroll(self.cell, x, None, lengths, backward or self.backward)
+
+    def logits(self, s_T: torch.Tensor) -> torch.Tensor:
+        """logits = W_out s_T + b_out   (B, C)"""
+        return torch.addmm(self.b_out, s_T, self.W_out.t())
+
+    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """logits (B, C) of each sentence, from s_T, its state at its last word."""
+        _, state = self.states(ids, lengths)
+        return self.logits(state[0])
+
+    @torch.no_grad()
+    def predict_proba(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(logits), (B, C); no graph is built, so the plain forward serves both backward modes."""
+        _, state = self.states(ids, lengths, backward="autograd")
+        return torch.softmax(self.logits(state[0]), dim=-1)

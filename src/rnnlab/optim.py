@@ -1,0 +1,414 @@
+"""Optimisers, gradient clipping and learning-rate schedules, written by hand.
+
+Everything here updates tensors in place under `torch.no_grad()`; nothing calls `torch.optim`. Each
+optimiser follows the update rule documented for its `torch.optim` namesake, and `tests/test_optim.py`
+runs both side by side in float64 and checks that the parameters agree to 1e-12 after every step.
+
+Notation used below: p a parameter, g its gradient, lr the learning rate, t the step number (1, 2, ...)
+of that parameter, lambda the L2 weight decay. Every optimiser first adds the weight decay to the
+gradient, g <- g + lambda * p (L2 regularisation, as torch.optim does; not AdamW's decoupled decay).
+
+    SGD      p <- p - lr * g, with optional (Nesterov) momentum.  Robbins & Monro (1951); Polyak (1964);
+             Sutskever, Martens, Dahl & Hinton, "On the importance of initialization and momentum in
+             deep learning" (ICML 2013); d2l.ai, chapter "Optimization Algorithms".
+    Adagrad  G <- G + g^2;  p <- p - lr * g / (sqrt(G) + eps).  Duchi, Hazan & Singer (JMLR 2011);
+             the update Karpathy's min-char-rnn.py uses for its RNN.
+    Adam     bias-corrected running means of g and g^2.  Kingma & Ba (ICLR 2015).
+    clip_grad_norm  rescale all gradients together when their global L2 norm is too large.
+             Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks"
+             (ICML 2013); d2l.ai, section "Gradient Clipping" in the RNN chapter.
+    StepLR, CosineLR  the learning rate as a function of the step count; cosine annealing from
+             Loshchilov & Hutter, "SGDR" (ICLR 2017), without the warm restarts.
+
+What it leaves out, on purpose: parameter groups (one lr for all parameters), closures, `maximize`,
+AMSGrad, AdamW, sparse and complex gradients, and the fused / foreach kernels torch uses for speed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from rnnlab.errors import UserError
+
+OPTIMIZERS = ("sgd", "adagrad", "adam")  # the names make_optimizer accepts
+
+
+class HyperParameterError(UserError, ValueError):
+    """A hyper-parameter out of its range: a `ValueError` for library callers, a `UserError` for the CLI."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise HyperParameterError(message)
+
+
+def _as_list(params: Iterable[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    """A list of tensors from a tensor or any iterable of tensors (a generator such as model.parameters())."""
+    return [params] if isinstance(params, torch.Tensor) else list(params)
+
+
+class Optimizer:
+    """What every optimiser shares: the parameters, the learning rate, per-parameter state and checkpoints.
+
+    `params` is a list of leaf tensors (any iterable is accepted and copied into a list). `state[i]` holds
+    the buffers of `params[i]` (momentum, running averages, its own step count `t`), created the first
+    time that parameter has a gradient. A parameter whose `.grad` is None is skipped by `step()`: it and
+    its state stay as they are. `step_count` counts the calls to `step()`. A schedule may change `lr`
+    between steps.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor] | torch.Tensor, lr: float):
+        self.params = _as_list(params)
+        _check(len(self.params) > 0, "the optimiser got an empty list of parameters")
+        for p in self.params:
+            _check(isinstance(p, torch.Tensor), f"parameters must be tensors, got {type(p).__name__}")
+            _check(p.is_leaf, "cannot optimise a non-leaf tensor; pass the model's parameters themselves")
+        _check(0.0 <= lr, f"invalid learning rate: {lr}; it must be >= 0")
+        self.lr = float(lr)
+        self.step_count = 0
+        self.state: list[dict] = [{} for _ in self.params]
+
+    def zero_grad(self) -> None:
+        """Set every existing gradient to zero in place; a gradient that is None stays None."""
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.zero_()
+
+    def _with_grads(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+        """(p, g, state) for each parameter that has a gradient this step."""
+        for p, state in zip(self.params, self.state, strict=True):
+            if p.grad is not None:
+                yield p, p.grad, state
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Plain data and tensors only, so that `torch.load(path, weights_only=True)` can read it back.
+
+        The hyper-parameters other than `lr` are not saved: they come from the run's config. `lr` is saved
+        because a schedule changes it.
+        """
+        return {
+            "optimizer": type(self).__name__,
+            "lr": self.lr,
+            "step_count": self.step_count,
+            "state": [
+                {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+                for state in self.state
+            ],
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore what `state_dict` saved, onto the device and dtype of this optimiser's parameters."""
+        name = type(self).__name__
+        _check(d["optimizer"] == name, f"this state was saved by {d['optimizer']}, not by {name}")
+        _check(
+            len(d["state"]) == len(self.params),
+            f"this state is for {len(d['state'])} parameters, the optimiser has {len(self.params)}",
+        )
+        states = []
+        for i, (p, saved) in enumerate(zip(self.params, d["state"], strict=True)):
+            state = {}
+            for k, v in saved.items():
+                if isinstance(v, torch.Tensor):
+                    _check(
+                        v.shape == p.shape,
+                        f"state {k!r} of parameter {i} has shape {tuple(v.shape)}, not {tuple(p.shape)}",
+                    )
+                    v = v.to(device=p.device, dtype=p.dtype, copy=True)
+                state[k] = v
+            states.append(state)
+        self.state = states
+        self.lr = float(d["lr"])
+        self.step_count = int(d["step_count"])
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, dampening, Nesterov momentum and weight decay.
+
+    With mu = momentum, tau = dampening and lambda = weight_decay, for each parameter p with gradient g:
+
+        g   <- g + lambda * p                           (L2 weight decay)
+        b_1  = g;   b_t = mu * b_{t-1} + (1 - tau) * g  (momentum buffer; only when mu != 0)
+        g   <- g + mu * b_t   if nesterov,  else  g <- b_t
+        p   <- p - lr * g
+
+    With no momentum and no weight decay this is just p <- p - lr * g. Same rule as torch.optim.SGD.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | torch.Tensor,
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ):
+        super().__init__(params, lr)
+        _check(0.0 <= momentum, f"invalid momentum: {momentum}; it must be >= 0")
+        _check(0.0 <= weight_decay, f"invalid weight decay: {weight_decay}; it must be >= 0")
+        _check(
+            not nesterov or (momentum > 0 and dampening == 0),
+            "Nesterov momentum needs a momentum > 0 and zero dampening",
+        )
+        self.momentum = momentum
+        self.dampening = dampening
+        self.weight_decay = weight_decay
+        self.nesterov = nesterov
+
+    @torch.no_grad()
+    def step(self) -> None:
+        mu, tau = self.momentum, self.dampening
+        for p, g, state in self._with_grads():
+            # g <- g + lambda * p
+            if self.weight_decay != 0:
+                g = g + self.weight_decay * p
+            if mu != 0:
+                if "b" not in state:
+                    # b_1 = g
+                    state["b"] = g.clone()
+                else:
+                    # b_t = mu * b_{t-1} + (1 - tau) * g
+                    state["b"].mul_(mu).add_(g, alpha=1 - tau)
+                b = state["b"]
+                # Nesterov looks one step ahead along the momentum: g + mu * b_t
+                g = g + mu * b if self.nesterov else b
+            # p <- p - lr * g
+            p -= self.lr * g
+        self.step_count += 1
+
+
+class Adagrad(Optimizer):
+    """Adagrad: each coordinate's step shrinks with the sum of its squared gradients so far.
+
+    With lambda = weight_decay, eta = lr_decay and G_0 = initial_accumulator_value, at step t of p:
+
+        g    <- g + lambda * p                  (L2 weight decay)
+        lr_t  = lr / (1 + (t - 1) * eta)
+        G_t   = G_{t-1} + g * g                 (elementwise)
+        p    <- p - lr_t * g / (sqrt(G_t) + eps)
+
+    Same rule as torch.optim.Adagrad; with lambda = eta = G_0 = 0 it is min-char-rnn's
+    `mem += dparam * dparam; param += -learning_rate * dparam / np.sqrt(mem + 1e-8)` (eps inside the root
+    there, outside here).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | torch.Tensor,
+        lr: float = 0.01,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+    ):
+        super().__init__(params, lr)
+        _check(0.0 <= lr_decay, f"invalid lr_decay: {lr_decay}; it must be >= 0")
+        _check(0.0 <= weight_decay, f"invalid weight decay: {weight_decay}; it must be >= 0")
+        _check(
+            0.0 <= initial_accumulator_value,
+            f"invalid initial_accumulator_value: {initial_accumulator_value}; it must be >= 0",
+        )
+        _check(0.0 < eps, f"invalid eps: {eps}; it must be > 0")
+        self.lr_decay = lr_decay
+        self.weight_decay = weight_decay
+        self.initial_accumulator_value = initial_accumulator_value
+        self.eps = eps
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, g, state in self._with_grads():
+            if not state:
+                state["t"] = 0
+                state["G"] = torch.full_like(p, self.initial_accumulator_value)  # G_0
+            state["t"] += 1
+            t, G = state["t"], state["G"]
+            # g <- g + lambda * p
+            if self.weight_decay != 0:
+                g = g + self.weight_decay * p
+            # lr_t = lr / (1 + (t - 1) * eta)
+            lr_t = self.lr / (1 + (t - 1) * self.lr_decay)
+            # G_t = G_{t-1} + g * g
+            G.addcmul_(g, g)
+            # p <- p - lr_t * g / (sqrt(G_t) + eps)
+            p -= lr_t * g / (G.sqrt() + self.eps)
+        self.step_count += 1
+
+
+class Adam(Optimizer):
+    """Adam: steps scaled by bias-corrected running means of the gradient and of its square.
+
+    With (beta1, beta2) = betas and lambda = weight_decay, m_0 = v_0 = 0, at step t of p:
+
+        g    <- g + lambda * p                       (L2 weight decay, added to the gradient)
+        m_t   = beta1 * m_{t-1} + (1 - beta1) * g     (first moment)
+        v_t   = beta2 * v_{t-1} + (1 - beta2) * g^2   (second moment, elementwise)
+        m^_t  = m_t / (1 - beta1^t)                   (bias corrections: m_0 = v_0 = 0 pulls early
+        v^_t  = v_t / (1 - beta2^t)                    averages towards zero)
+        p    <- p - lr * m^_t / (sqrt(v^_t) + eps)
+
+    Same rule as torch.optim.Adam with amsgrad=False.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | torch.Tensor,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(params, lr)
+        beta1, beta2 = betas
+        _check(0.0 <= beta1 < 1.0, f"invalid beta1: {beta1}; it must be in [0, 1)")
+        _check(0.0 <= beta2 < 1.0, f"invalid beta2: {beta2}; it must be in [0, 1)")
+        _check(0.0 < eps, f"invalid eps: {eps}; it must be > 0")
+        _check(0.0 <= weight_decay, f"invalid weight decay: {weight_decay}; it must be >= 0")
+        self.betas = (beta1, beta2)
+        self.eps = eps
+        self.weight_decay = weight_decay
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for p, g, state in self._with_grads():
+            if not state:
+                state["t"] = 0
+                state["m"] = torch.zeros_like(p)  # m_0
+                state["v"] = torch.zeros_like(p)  # v_0
+            state["t"] += 1
+            t, m, v = state["t"], state["m"], state["v"]
+            # g <- g + lambda * p
+            if self.weight_decay != 0:
+                g = g + self.weight_decay * p
+            # m_t = beta1 * m_{t-1} + (1 - beta1) * g
+            m.mul_(beta1).add_(g, alpha=1 - beta1)
+            # v_t = beta2 * v_{t-1} + (1 - beta2) * g^2
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            # m^_t = m_t / (1 - beta1^t),  v^_t = v_t / (1 - beta2^t)
+            m_hat = m / (1 - beta1**t)
+            v_hat = v / (1 - beta2**t)
+            # p <- p - lr * m^_t / (sqrt(v^_t) + eps)
+            p -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
+        self.step_count += 1
+
+
+def clip_grad_norm(params: Iterable[torch.Tensor] | torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Rescale all gradients together so that their global L2 norm is at most about `max_norm`.
+
+        norm = sqrt(sum over parameters p of sum(p.grad^2))    (one norm over every gradient)
+        c    = max_norm / (norm + 1e-6)
+        if c < 1:  p.grad <- c * p.grad  for every p           (the direction is kept)
+
+    The rule and the 1e-6 (which keeps c finite when norm = 0) are those of
+    torch.nn.utils.clip_grad_norm_, which clamps c to 1. Returns the norm measured before clipping, a
+    0-dim tensor. Parameters whose `.grad` is None are ignored. If the norm is inf or nan the gradients are
+    left untouched and the norm is returned: the training loop decides whether to skip the step.
+    """
+    _check(0.0 <= max_norm, f"invalid max_norm: {max_norm}; it must be >= 0")
+    grads = [p.grad for p in _as_list(params) if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    # norm = sqrt(sum_p ||g_p||^2)
+    norm = torch.sqrt(sum((g * g).sum() for g in grads))
+    if not torch.isfinite(norm):
+        return norm
+    # c = max_norm / (norm + 1e-6), applied only when it shrinks the gradients
+    c = max_norm / (norm + 1e-6)
+    if c < 1:
+        for g in grads:
+            g.mul_(c)
+    return norm
+
+
+class LRSchedule:
+    """A learning rate that is a function of the number of `step()` calls; sets `optimizer.lr` each step.
+
+    `base_lr` is the optimiser's lr when the schedule is made. Call `step()` once per optimiser step (or
+    once per epoch, whichever unit `step_size` / `T_max` are counted in), after `optimizer.step()`.
+    """
+
+    def __init__(self, optimizer: Optimizer):
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.step_count = 0
+
+    def lr_at(self, t: int) -> float:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        self.step_count += 1
+        self.optimizer.lr = self.lr_at(self.step_count)
+
+    def state_dict(self) -> dict:
+        return {"base_lr": self.base_lr, "step_count": self.step_count}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore the count and set `optimizer.lr` to the schedule's value there."""
+        self.base_lr = float(d["base_lr"])
+        self.step_count = int(d["step_count"])
+        self.optimizer.lr = self.lr_at(self.step_count)
+
+
+class StepLR(LRSchedule):
+    """lr_t = base_lr * gamma^floor(t / step_size): multiply by gamma every `step_size` steps.
+
+    Same sequence as torch.optim.lr_scheduler.StepLR.
+    """
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
+        _check(step_size >= 1, f"invalid step_size: {step_size}; it must be >= 1")
+        _check(gamma > 0, f"invalid gamma: {gamma}; it must be > 0")
+        super().__init__(optimizer)
+        self.step_size = step_size
+        self.gamma = gamma
+
+    def lr_at(self, t: int) -> float:
+        return self.base_lr * self.gamma ** (t // self.step_size)
+
+
+class CosineLR(LRSchedule):
+    """Cosine annealing from base_lr down to eta_min over T_max steps:
+
+        lr_t = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2
+
+    Past T_max the cosine climbs back up (period 2 * T_max), exactly as
+    torch.optim.lr_scheduler.CosineAnnealingLR does; set T_max to the length of the run.
+    """
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
+        _check(T_max >= 1, f"invalid T_max: {T_max}; it must be >= 1")
+        _check(0.0 <= eta_min, f"invalid eta_min: {eta_min}; it must be >= 0")
+        super().__init__(optimizer)
+        self.T_max = T_max
+        self.eta_min = eta_min
+
+    def lr_at(self, t: int) -> float:
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+
+
+def make_optimizer(
+    name: str,
+    params: Iterable[torch.Tensor] | torch.Tensor,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> Optimizer:
+    """The optimiser called `name` (one of OPTIMIZERS) with the other hyper-parameters at their defaults.
+
+    `momentum` and `nesterov` belong to SGD; asking for them with another optimiser is an error rather
+    than being ignored.
+    """
+    _check(name in OPTIMIZERS, f"unknown optimiser {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    if name == "sgd":
+        return SGD(params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    _check(momentum == 0 and not nesterov, f"momentum and nesterov apply to sgd only, not to {name}")
+    if name == "adagrad":
+        return Adagrad(params, lr, weight_decay=weight_decay)
+    return Adam(params, lr, weight_decay=weight_decay)

@@ -1,0 +1,256 @@
+"""Unrolling a cell over time, with masks, and its hand-written backpropagation through time.
+
+`unroll(cell, x, state, lengths, backward)` runs any cell of `cells.py` over a batch of sequences:
+
+    p_t = U x_t + b                for all t at once: one matmul (dense x) or a column lookup (ids)
+    s_t = cell.step(p_t, s_{t-1})  for t = 1..T; padded steps (t > length) keep s_{t-1} unchanged
+
+and returns the outputs s_1..s_T (zero at padded steps, as torch's packed sequences give) and each
+sequence's state at its true last step. Two backward paths give the same gradients:
+
+- backward="autograd": the loop is made of differentiable torch ops; `loss.backward()` does the rest,
+  exactly what the lab handout does.
+- backward="manual": the loop runs without autograd and keeps what the derivative needs; the
+  backward is our BPTT, written out below (`_ManualBPTT.backward`) step by step from the cells'
+  `step_backward`. It is wrapped in a `torch.autograd.Function` only so that it plugs into the rest of
+  a model (embedding, output layer, loss) and can be checked with `torch.autograd.gradcheck`.
+
+BPTT, for gradients ds_t arriving from the loss (through the outputs and the final state):
+    for t = T..1:   dp_t, dgh_t = cell.step_backward(ds_t)     (masked rows pass ds_t straight through)
+                    ds_{t-1} = dgh_t @ W + direct path           (the cell's own dependence on s_{t-1})
+    dW = sum_t dgh_t^T s_{t-1}     dU = sum_t dp_t^T x_t     db = sum_t dp_t       (one matmul each)
+
+`Recurrent` wraps this in the calling convention of `torch.nn.RNN` / `LSTM` / `GRU`, and converts
+weights to and from those modules (`from_torch`, `.to_torch()`).
+Left out: several layers, bidirectional layers, `proj_size`, PackedSequence objects (pass lengths).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnlab.cells import Cell, State, make_cell
+
+BACKWARDS = ("autograd", "manual")
+
+
+def _mask(lengths: torch.Tensor | None, T: int, B: int, device) -> torch.Tensor | None:
+    """(T, B, 1) bool, True where step t is inside sequence b; None when no sequence is padded."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths, device=device)
+    assert lengths.shape == (B,), f"lengths must have shape ({B},), got {tuple(lengths.shape)}"
+    if bool((lengths < 1).any()) or bool((lengths > T).any()):
+        raise ValueError(f"every length must be in 1..{T}, got {lengths.tolist()}")
+    if bool((lengths == T).all()):
+        return None
+    return (torch.arange(T, device=device)[:, None] < lengths[None, :]).unsqueeze(-1)
+
+
+def _input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
+    """p_t = U x_t + b for every step at once, time-major (T, B, G*H).
+
+    Token ids (B, T) select columns of U: U @ onehot(id) == U[:, id]. The lookup gives the same
+    numbers as the one-hot product (a test checks it) without building a (V, B*T) one-hot matrix.
+    """
+    U_t = cell.U.t()  # (E, G*H)
+    if x.dtype in (torch.int64, torch.int32):
+        p = U_t[x.t()]  # (T, B, G*H): column lookup of U
+        return p if cell.b is None else p + cell.b
+    x_tm = x.transpose(0, 1)  # (T, B, E)
+    if cell.b is None:
+        return x_tm @ U_t
+    return torch.addmm(cell.b, x_tm.reshape(-1, x.shape[-1]), U_t).view(x_tm.shape[0], x_tm.shape[1], -1)
+
+
+def _keep_padded(mask_t: torch.Tensor | None, new: State, old: State) -> State:
+    """Padded rows keep their old state: s_t = m_t s_t + (1 - m_t) s_{t-1}."""
+    if mask_t is None:
+        return new
+    return tuple(torch.where(mask_t, n, o) for n, o in zip(new, old))
+
+
+def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: torch.Tensor | None = None,
+           backward: str = "autograd") -> tuple[torch.Tensor, State]:
+    """Run `cell` over x (B, T) token ids or (B, T, E) vectors, batch first.
+
+    Returns outputs (T, B, H), time-major and zero at padded steps, and the final state, a tuple of
+    (B, H) tensors taken at each sequence's last real step. `state=None` starts from zeros.
+    """
+    if x.dim() not in (2, 3):
+        raise ValueError(f"x must be (B, T) token ids or (B, T, E) vectors, got shape {tuple(x.shape)}")
+    B, T = x.shape[:2]
+    if T < 1:
+        raise ValueError("cannot unroll over an empty sequence (T = 0)")
+    if x.dim() == 3:
+        assert x.shape[2] == cell.input_size, f"x has {x.shape[2]} features, the cell expects {cell.input_size}"
+    state = cell.zero_state(B) if state is None else tuple(state)
+    mask = _mask(lengths, T, B, x.device)
+    if backward == "manual":
+        out = _ManualBPTT.apply(cell, x, mask, len(state), *state, *cell.parameters())
+        return out[0], tuple(out[1:])
+    if backward != "autograd":
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    p = _input_projection(cell, x)  # (T, B, G*H)
+    outputs = []
+    for t in range(T):
+        new, _ = cell.step(p[t], state)
+        state = _keep_padded(None if mask is None else mask[t], new, state)
+        outputs.append(state[0])
+    out = torch.stack(outputs)  # (T, B, H)
+    return (out if mask is None else out * mask), state
+
+
+class _ManualBPTT(torch.autograd.Function):
+    """Forward without autograd, keeping each step's cache; backward is the hand-derived BPTT."""
+
+    @staticmethod
+    def forward(ctx, cell: Cell, x, mask, n_states: int, *state_and_params):
+        state = tuple(state_and_params[:n_states])
+        T, B, H = x.shape[1], x.shape[0], cell.hidden_size
+        p = _input_projection(cell, x)  # (T, B, G*H)
+        hs = p.new_empty(T + 1, B, H)  # s_0..s_T, kept for dW = sum_t dgh_t^T s_{t-1}
+        hs[0] = state[0]
+        caches = []
+        for t in range(T):
+            new, cache = cell.step(p[t], state)
+            state = _keep_padded(None if mask is None else mask[t], new, state)
+            hs[t + 1] = state[0]
+            caches.append(cache)
+        out = hs[1:] if mask is None else hs[1:] * mask  # (T, B, H)
+        ctx.cell, ctx.mask, ctx.caches, ctx.n_states = cell, mask, caches, n_states
+        ctx.save_for_backward(x, hs)
+        ctx.set_materialize_grads(False)
+        return (out, hs[T], *state[1:])
+
+    @staticmethod
+    def backward(ctx, d_out, *d_final):
+        cell, mask, caches = ctx.cell, ctx.mask, ctx.caches
+        x, hs = ctx.saved_tensors
+        T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        GH = cell.n_gates * H
+        W = cell.W.detach()
+        # gradient arriving at the final state; zeros where the caller did not use it
+        ds = [d if d is not None else hs.new_zeros(B, H) for d in d_final]
+        dp = hs.new_empty(T, B, GH)  # dL/dp_t, to become dU, db (and dx)
+        dgh = hs.new_empty(T, B, GH)  # dL/d(W s_{t-1}), to become dW
+        for t in reversed(range(T)):
+            m = None if mask is None else mask[t]  # (B, 1)
+            if d_out is not None:  # s_t also feeds the output at step t
+                ds[0] = ds[0] + (d_out[t] if m is None else d_out[t] * m)
+            d_in = ds if m is None else [d * m for d in ds]  # only real steps reach the cell
+            dp[t], dgh[t], direct = cell.step_backward(tuple(d_in), caches[t])
+            ds_prev = [torch.mm(dgh[t], W)] + [None] * (len(ds) - 1)  # ds_{t-1} = W^T dgh_t
+            for k, dk in enumerate(direct):
+                if dk is not None:
+                    ds_prev[k] = dk if ds_prev[k] is None else ds_prev[k] + dk
+            if m is not None:  # padded rows: s_t = s_{t-1}, the gradient passes unchanged
+                ds_prev = [(dn if dn is not None else 0) + d * ~m for dn, d in zip(ds_prev, ds)]
+            ds = ds_prev
+        # weight gradients: one matmul each over all steps
+        grads = {"W": dgh.view(-1, GH).t() @ hs[:-1].reshape(-1, H)}  # dW = sum_t dgh_t^T s_{t-1}
+        if x.dtype in (torch.int64, torch.int32):  # dU[:, id] += dp_t for each token id
+            dU_t = hs.new_zeros(cell.input_size, GH).index_add_(0, x.t().reshape(-1), dp.view(-1, GH))
+            grads["U"], dx = dU_t.t(), None
+        else:
+            x_tm = x.transpose(0, 1).reshape(-1, x.shape[-1])
+            grads["U"] = dp.view(-1, GH).t() @ x_tm  # dU = sum_t dp_t^T x_t
+            dx = (dp @ cell.U.detach()).transpose(0, 1) if ctx.needs_input_grad[1] else None
+        if cell.b is not None:
+            grads["b"] = dp.sum(dim=(0, 1))  # db = sum_t dp_t
+        if getattr(cell, "b_hn", None) is not None:
+            grads["b_hn"] = dgh[:, :, 2 * H :].sum(dim=(0, 1))  # GRU: b_hn enters with W_n s
+        d_params = [grads.get(n) if p is not None else None for n, p in zip(cell.param_names, cell.parameters())]
+        return (None, dx, None, None, *ds, *d_params)
+
+
+class Recurrent:
+    """A single-layer recurrent layer called like `torch.nn.RNN` / `LSTM` / `GRU`:
+
+        out, h_n = layer(x, h_0)            (RNN, GRU)
+        out, (h_n, c_n) = layer(x, (h_0, c_0))   (LSTM)
+
+    x is (T, B, E) or, with batch_first, (B, T, E); or unbatched (T, E). States are (1, B, H).
+    `lengths` (B,) may be passed to mask padded steps. Computes with rnnlab's cells, never torch.nn.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, *, bias: bool = True,
+                 batch_first: bool = False, phi: str = "tanh", backward: str = "autograd", generator=None,
+                 dtype=torch.float32, device=None):
+        self.cell = make_cell(cell, input_size, hidden_size, phi=phi, bias=bias, generator=generator,
+                              dtype=dtype, device=device)
+        self.batch_first, self.backward = batch_first, backward
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for p in self.cell.parameters() if p is not None]
+
+    def __call__(self, x: torch.Tensor, hx=None, *, lengths=None):
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(1)  # (T, 1, E)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        x = x.transpose(0, 1)  # unroll takes batch-first (B, T, E)
+        state = None
+        if hx is not None:
+            hx = (hx,) if isinstance(hx, torch.Tensor) else tuple(hx)
+            state = tuple(h if unbatched else h.squeeze(0) for h in hx)  # (1, B, H) -> (B, H)
+            if unbatched:
+                state = tuple(h.reshape(1, -1) for h in state)
+        out, state = unroll(self.cell, x, state, lengths, self.backward)  # out (T, B, H)
+        if unbatched:
+            out, state = out[:, 0], tuple(s.reshape(1, -1) for s in state)
+        else:
+            out = out.transpose(0, 1) if self.batch_first else out
+            state = tuple(s.unsqueeze(0) for s in state)
+        return out, (state if self.cell.n_states == 2 else state[0])
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.Module, backward: str = "autograd") -> Recurrent:
+        """An rnnlab layer with the weights of a single-layer unidirectional nn.RNN/LSTM/GRU."""
+        kind = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}.get(type(module).__name__)
+        if kind is None:
+            raise TypeError(f"from_torch takes torch.nn.RNN, LSTM or GRU, got {type(module).__name__}")
+        if module.num_layers != 1 or module.bidirectional or getattr(module, "proj_size", 0):
+            raise ValueError("from_torch supports one layer, one direction, no proj_size")
+        phi = getattr(module, "nonlinearity", "tanh")
+        w = module.weight_hh_l0
+        layer = cls(kind, module.input_size, module.hidden_size, bias=module.bias, batch_first=module.batch_first,
+                    phi=phi, backward=backward, dtype=w.dtype, device=w.device)
+        c, H = layer.cell, module.hidden_size
+        with torch.no_grad():
+            c.W.copy_(module.weight_hh_l0)
+            c.U.copy_(module.weight_ih_l0)
+            if module.bias:
+                b_ih, b_hh = module.bias_ih_l0, module.bias_hh_l0
+                if kind == "gru":  # b_hr and b_hz only add; b_hn is multiplied by r
+                    c.b.copy_(b_ih)
+                    c.b[: 2 * H] += b_hh[: 2 * H]
+                    c.b_hn.copy_(b_hh[2 * H :])
+                else:
+                    c.b.copy_(b_ih + b_hh)
+        return layer
+
+    def to_torch(self) -> torch.nn.Module:
+        """The equivalent torch.nn module (b goes to bias_ih, bias_hh is zero but for the GRU's b_hn)."""
+        c = self.cell
+        kw = dict(bias=c.b is not None, batch_first=self.batch_first, dtype=c.W.dtype, device=c.W.device)
+        if c.name == "rnn":
+            module = torch.nn.RNN(c.input_size, c.hidden_size, nonlinearity=c.phi, **kw)
+        else:
+            module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[c.name](c.input_size, c.hidden_size, **kw)
+        H = c.hidden_size
+        with torch.no_grad():
+            module.weight_hh_l0.copy_(c.W)
+            module.weight_ih_l0.copy_(c.U)
+            if c.b is not None:
+                module.bias_ih_l0.copy_(c.b)
+                module.bias_hh_l0.zero_()
+                if c.name == "gru":
+                    module.bias_hh_l0[2 * H :] = c.b_hn
+        return module
+
+
+def from_torch(module: torch.nn.Module, backward: str = "autograd") -> Recurrent:
+    """`rnnlab.from_torch(nn.LSTM(...))`: see `Recurrent.from_torch`."""
+    return Recurrent.from_torch(module, backward=backward)
