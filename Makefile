@@ -23,7 +23,7 @@ lab: $(VENV)/.installed
 	$(BIN)/rnnlab lab
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest -q

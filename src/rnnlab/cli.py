@@ -49,10 +49,28 @@ def cmd_lab(args) -> int:
     return 0 if result.loss_history else 1
 
 
+def _add_gradcheck(sub) -> None:
+    p = sub.add_parser("gradcheck", help="check the hand-written BPTT against autograd and finite differences",
+                       description="Per parameter, the largest relative error of the hand BPTT against autograd "
+                                   "and against float64 central differences; exit 1 past tolerance.")
+    p.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="all", help="cell to check (default all)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default 0)")
+    p.set_defaults(func=cmd_gradcheck)
+
+
+def cmd_gradcheck(args) -> int:
+    from rnnlab.gradcheck import report
+
+    cells = ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
+    results = [report(cell, seed=args.seed) for cell in cells]
+    return 0 if all(results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rnnlab", description="Recurrent networks written from their equations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_lab(sub)
+    _add_gradcheck(sub)
     return parser
 
 
