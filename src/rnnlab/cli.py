@@ -66,11 +66,143 @@ def cmd_gradcheck(args) -> int:
     return 0 if all(results) else 1
 
 
+def _add_train(sub) -> None:
+    from rnnlab.config import Config
+
+    d = Config()
+    p = sub.add_parser("train", help="train a classifier on a labelled file and write a run folder",
+                       description="Train on TSV/CSV/UCI/rt-polarity data; writes config, history, curves, "
+                                   "confusion matrix and checkpoints (model.pt best, last.pt) to --out.")
+    p.add_argument("--data", required=True, nargs="+", help="training file(s) or folder")
+    p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
+    p.add_argument("--val", nargs="+", help="validation file(s) (default: split from --data)")
+    p.add_argument("--test", nargs="+", help="test file(s) (default: split from --data)")
+    p.add_argument("--text-column", help="text column: index or header name (default: first)")
+    p.add_argument("--label-column", help="label column: index or header name (default: last)")
+    p.add_argument("--out", help="run folder (default runs/<cell>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell, help=f"cell (default {d.cell})")
+    p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size H (default {d.hidden})")
+    p.add_argument("--embed-dim", type=int, default=d.embed_dim,
+                   help=f"embedding size; 0 feeds one-hot words to U (default {d.embed_dim})")
+    p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help="vanilla RNN nonlinearity")
+    p.add_argument("--backward", choices=["autograd", "manual"], default=d.backward,
+                   help="autograd, or manual (hand-written BPTT)")
+    p.add_argument("--optimizer", choices=["sgd", "adagrad", "adam"], default=d.optimizer,
+                   help=f"optimiser (default {d.optimizer})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default 0)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay (default 0)")
+    p.add_argument("--clip", type=float, default=d.clip, help=f"clip the global gradient norm (default {d.clip}); "
+                                                              "0 for no clipping")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help=f"early-stopping patience in epochs; 0 never stops early (default {d.patience})")
+    p.add_argument("--min-freq", type=int, default=d.min_freq, help="minimum word count for the vocabulary")
+    p.add_argument("--max-vocab", type=int, default=d.max_vocab, help=f"vocabulary size cap (default {d.max_vocab})")
+    p.add_argument("--no-lowercase", action="store_true", help="keep the case of words")
+    p.add_argument("--no-bucket", action="store_true", help="do not batch sentences of similar length together")
+    p.add_argument("--val-frac", type=float, default=d.val_frac, help=f"validation fraction (default {d.val_frac})")
+    p.add_argument("--test-frac", type=float, default=d.test_frac, help=f"test fraction (default {d.test_frac})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    import time
+
+    from rnnlab.config import Config
+    from rnnlab.train import train
+
+    config = Config(cell=args.cell, hidden=args.hidden, embed_dim=args.embed_dim or None, phi=args.phi,
+                    backward=args.backward, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                    weight_decay=args.weight_decay, clip=args.clip or None, batch_size=args.batch_size,
+                    epochs=args.epochs, patience=args.patience or None, lowercase=not args.no_lowercase,
+                    min_freq=args.min_freq, max_vocab=args.max_vocab, val_frac=args.val_frac,
+                    test_frac=args.test_frac, bucket=not args.no_bucket, seed=args.seed, device=args.device)
+    out = args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+    train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
+          text_column=_column(args.text_column), label_column=_column(args.label_column), resume=args.resume,
+          plots=not args.no_plots)
+    return 0
+
+
+def _column(value: str | None):
+    """A column given as an index ("0") or a header name ("review")."""
+    return int(value) if value is not None and value.lstrip("-").isdigit() else value
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy, per-class precision/recall/F1 and confusion on labelled data")
+    p.add_argument("--checkpoint", required=True, help="run folder or model.pt")
+    p.add_argument("--data", required=True, nargs="+", help="labelled file(s) or folder")
+    p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
+    p.add_argument("--text-column", help="text column: index or header name")
+    p.add_argument("--label-column", help="label column: index or header name")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from rnnlab.train import evaluate
+
+    m = evaluate(args.checkpoint, args.data, args.format, text_column=_column(args.text_column),
+                 label_column=_column(args.label_column))
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"examples {m['n']}  accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  "
+          f"unknown words {100 * m['unknown_rate']:.1f}%")
+    print(f"{'class':>12} {'precision':>10} {'recall':>10} {'f1':>10} {'support':>8}")
+    for name, c in m["per_class"].items():
+        print(f"{name:>12} {c['precision']:10.4f} {c['recall']:10.4f} {c['f1']:10.4f} {c['support']:8d}")
+    names = m["label_names"]
+    print("confusion (rows true, columns predicted):")
+    print(" " * 13 + " ".join(f"{n:>8}" for n in names))
+    for name, row in zip(names, m["confusion"]):
+        print(f"{name:>12} " + " ".join(f"{v:8d}" for v in row))
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="label new sentences (arguments, or one per line on stdin)")
+    p.add_argument("--checkpoint", required=True, help="run folder or model.pt")
+    p.add_argument("texts", nargs="*", help="sentences; none reads lines from stdin")
+    p.add_argument("--json", action="store_true", help="print one JSON object per sentence")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from rnnlab.train import predict
+
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts or any(not t.strip() for t in texts):
+        raise UserError("empty text; give sentences as arguments or one per line on stdin")
+    for r in predict(args.checkpoint, texts):
+        if args.json:
+            print(json.dumps(r))
+            continue
+        probs = "  ".join(f"p({k}) = {v:.4f}" for k, v in r["probabilities"].items())
+        unk = f"  unknown: {', '.join(r['unknown_words'])}" if r["unknown_words"] else ""
+        print(f"{r['label']}\t{probs}{unk}\t{r['text']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rnnlab", description="Recurrent networks written from their equations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_lab(sub)
     _add_gradcheck(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
     return parser
 
 

@@ -42,3 +42,40 @@ def loss_curve(loss_history: list[float], path: Path, *, show: bool = False) -> 
     ax.set_title("Training Loss Curve")
     ax.grid(True)
     return _save(fig, path, show)
+
+
+def training_curves(history: list[dict], out_dir: Path, *, show: bool = False) -> list[Path]:
+    """loss.png and accuracy.png: train and validation per epoch."""
+    plt = _pyplot(show)
+    epochs = [r["epoch"] for r in history]
+    paths = []
+    for key, label in (("loss", "Cross-entropy loss"), ("acc", "Accuracy")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], marker="o", label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], marker="o", label="validation")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"Training {label.lower()}")
+        ax.grid(True)
+        ax.legend()
+        paths.append(_save(fig, Path(out_dir) / ("loss.png" if key == "loss" else "accuracy.png"), show))
+    return paths
+
+
+def confusion(matrix: list[list[int]], label_names: list[str], path: Path, *, show: bool = False) -> Path:
+    """The confusion matrix: rows the true class, columns the predicted one, counts in the cells."""
+    plt = _pyplot(show)
+    C = len(label_names)
+    fig, ax = plt.subplots(figsize=(1.2 * C + 2.5, 1.2 * C + 2))
+    ax.imshow(matrix, cmap="Blues")
+    top = max(max(row) for row in matrix) or 1
+    for i in range(C):
+        for j in range(C):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
+                    color="white" if matrix[i][j] > top / 2 else "black")
+    ax.set_xticks(range(C), label_names)
+    ax.set_yticks(range(C), label_names)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title("Confusion matrix (test)")
+    return _save(fig, path, show)

@@ -1,0 +1,100 @@
+"""Checkpoints: save and load a trained classifier safely.
+
+A checkpoint is one file written by `torch.save` holding only tensors and plain data:
+
+    {"format": "rnnlab", "version": 1, "config": {...}, "vocab": [...], "label_names": [...],
+     "weights": {"W": tensor, ...}, "optimizer": {...}, "progress": {...}}
+
+- Loading uses `torch.load(weights_only=True)`, which refuses any pickled object other than tensors
+  and plain containers, so a checkpoint can never run code; such a file is reported, not loaded.
+- Writing is atomic: the bytes go to a temporary file in the same folder, are flushed to disk, and
+  the file is renamed over the old one. A crash or a full disk leaves the previous checkpoint intact.
+- A run folder holds `model.pt` (the best weights, for evaluate/predict) and `last.pt` (everything
+  needed to resume); `--checkpoint` accepts the folder or either file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from rnnlab.config import Config
+from rnnlab.data import Vocab
+from rnnlab.errors import UserError
+from rnnlab.model import Classifier
+
+FORMAT, VERSION = "rnnlab", 1
+BEST, LAST = "model.pt", "last.pt"
+
+
+def atomic_save(obj: dict, path: Path) -> Path:
+    """torch.save to a temporary file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def make(model: Classifier, config: Config, vocab: Vocab, label_names: list[str], **extra) -> dict:
+    """The checkpoint dictionary: tensors and plain data only."""
+    return {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "vocab": vocab.to_list(),
+            "label_names": list(label_names), "weights": model.state_dict(), **extra}
+
+
+def resolve(path: str | Path, name: str = BEST) -> Path:
+    """A run folder means its `model.pt` (or `last.pt` when asked); a file means itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    if not path.exists():
+        raise UserError("no checkpoint here; pass a run folder made by `rnnlab train` or its model.pt", path=path)
+    return path
+
+
+def read(path: str | Path, name: str = BEST) -> dict:
+    """Load a checkpoint dictionary without executing anything from the file."""
+    path = resolve(path, name)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError("refusing to load: the file holds Python objects other than tensors (it could run code); "
+                        "only load checkpoints written by rnnlab", path=path) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise UserError(f"truncated or corrupt checkpoint ({type(e).__name__}); restore it or train again",
+                        path=path) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError("not an rnnlab checkpoint; pass a model.pt written by `rnnlab train`", path=path)
+    if ckpt.get("version") != VERSION:
+        raise UserError(f"checkpoint format version {ckpt.get('version')}, this rnnlab reads version {VERSION}; "
+                        "train again with this version", path=path)
+    return ckpt
+
+
+def load_model(path: str | Path, name: str = BEST) -> tuple[Classifier, Config, Vocab, list[str], dict]:
+    """(model, config, vocab, label_names, checkpoint) from a checkpoint file or run folder."""
+    ckpt = read(path, name)
+    config = Config.from_dict(ckpt["config"])
+    vocab = Vocab.from_list(ckpt["vocab"])
+    labels = list(ckpt["label_names"])
+    model = Classifier(len(vocab), config.hidden, len(labels), cell=config.cell, phi=config.phi,
+                       embed_dim=config.embed_dim, backward=config.backward, seed=config.seed)
+    try:
+        model.load_state_dict(ckpt["weights"])
+    except (KeyError, ValueError) as e:
+        raise UserError(f"weights do not fit the saved config ({e}); the file is damaged",
+                        path=resolve(path, name)) from None
+    return model, config, vocab, labels, ckpt

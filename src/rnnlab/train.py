@@ -1,0 +1,301 @@
+"""Training, evaluation and prediction on real sentences: `rnnlab train / evaluate / predict`.
+
+`train(config, data, out_dir)` is the whole run, and its loop reads in the order it happens:
+
+    for each epoch:
+        for each batch (shuffled from the seed and the epoch number, padded, with lengths):
+            forward -> cross-entropy loss -> backward -> clip -> optimiser step
+        evaluate on the validation split (no gradients) -> log -> keep the best checkpoint -> early stop
+    reload the best weights -> test -> write history, curves, confusion matrix
+
+The batch order of epoch e depends only on (seed, e), so a run stopped with Ctrl-C (which saves
+`last.pt`) and resumed with `--resume` ends with exactly the weights of an uninterrupted run.
+Left out: learning-rate schedules from the command line, mixed precision, several GPUs (see the
+distributed issue), dropout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rnnlab import checkpoint
+from rnnlab.config import Config
+from rnnlab.data import Dataset, Vocab, batches, encode_dataset, load_dataset, split_dataset, tokenize
+from rnnlab.errors import UserError
+from rnnlab.model import Classifier
+from rnnlab.optim import clip_grad_norm, make_optimizer
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    history: list[dict]  # one row per epoch: epoch, train_loss, train_acc, val_loss, val_acc, seconds
+    test: dict | None  # metrics on the test split, from the best weights
+    model: Classifier
+    files: list[Path] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The batch order of an epoch depends on the seed and the epoch number only (exact resume)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+# -- metrics ------------------------------------------------------------------------------------------
+def confusion_matrix(y_true: list[int], y_pred: list[int], num_classes: int) -> list[list[int]]:
+    """counts[true][predicted]"""
+    m = [[0] * num_classes for _ in range(num_classes)]
+    for t, p in zip(y_true, y_pred):
+        m[t][p] += 1
+    return m
+
+
+def metrics(y_true: list[int], y_pred: list[int], label_names: list[str], loss: float | None = None) -> dict:
+    """Accuracy, per-class precision / recall / F1 and the confusion matrix."""
+    C = len(label_names)
+    cm = confusion_matrix(y_true, y_pred, C)
+    per_class = {}
+    for c, name in enumerate(label_names):
+        tp = cm[c][c]
+        predicted = sum(cm[t][c] for t in range(C))
+        actual = sum(cm[c])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    n = len(y_true)
+    return {"n": n, "accuracy": sum(cm[c][c] for c in range(C)) / n if n else 0.0, "loss": loss,
+            "per_class": per_class, "confusion": cm, "label_names": list(label_names)}
+
+
+@torch.no_grad()
+def predict_ids(model: Classifier, ids: list[list[int]], batch_size: int = 256) -> torch.Tensor:
+    """Class probabilities (N, C) for encoded sentences, in their order."""
+    probs = []
+    for x, lengths, _ in batches(ids, [0] * len(ids), batch_size, shuffle=False):
+        probs.append(model.predict_proba(x, lengths))
+    return torch.cat(probs) if probs else torch.empty(0, model.num_classes)
+
+
+def evaluate_ids(model: Classifier, ids: list[list[int]], labels: list[int], label_names: list[str]) -> dict:
+    probs = predict_ids(model, ids)
+    y = torch.tensor(labels)
+    loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-45)), y)) if len(labels) else float("nan")
+    return metrics(labels, probs.argmax(1).tolist(), label_names, loss)
+
+
+# -- training -----------------------------------------------------------------------------------------
+def _splits(config: Config, data, fmt, val_data, test_data, text_column, label_column):
+    full = load_dataset(data, fmt, text_column=text_column, label_column=label_column)
+    if val_data is None and test_data is None:
+        return split_dataset(full, config.val_frac, config.test_frac, config.seed)
+    names = full.label_names
+    val = load_dataset(val_data, fmt, text_column=text_column, label_column=label_column, label_names=names) \
+        if val_data else None
+    test = load_dataset(test_data, fmt, text_column=text_column, label_column=label_column, label_names=names) \
+        if test_data else None
+    if val is None:  # carve validation out of the training file
+        train, val, _ = split_dataset(full, config.val_frac, 0.0, config.seed)
+    else:
+        train = full
+    return train, val, test
+
+
+def _check_classes(train: Dataset) -> None:
+    for name, count in zip(train.label_names, train.class_counts()):
+        if count == 0:
+            raise UserError(f"class {name!r} has no training examples; add some or drop the class",
+                            path=train.source)
+
+
+def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, val_data=None, test_data=None,
+          text_column=None, label_column=None, resume: bool = False, log=print, progress: bool | None = None,
+          plots: bool = True) -> TrainResult:
+    """Train a classifier on `data` (see `load_dataset` for formats) and write a run folder."""
+    config.validate()
+    out = Path(out_dir)
+    torch.manual_seed(config.seed)
+
+    # data: split, vocabulary from the training split only, ids
+    train_ds, val_ds, test_ds = _splits(config, data, fmt, val_data, test_data, text_column, label_column)
+    _check_classes(train_ds)
+    label_names = train_ds.label_names
+    vocab = Vocab.build([tokenize(t, config.lowercase) for t in train_ds.texts], config.min_freq, config.max_vocab)
+    train_ids = encode_dataset(train_ds, vocab, config.lowercase)
+    val_ids = encode_dataset(val_ds, vocab, config.lowercase)
+
+    # model and optimiser
+    model = Classifier(len(vocab), config.hidden, len(label_names), cell=config.cell, phi=config.phi,
+                       embed_dim=config.embed_dim, backward=config.backward, seed=config.seed, device=config.device)
+    params = model.parameters()
+    optimizer = make_optimizer(config.optimizer, params, config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    progress_state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "best_val_loss": math.inf,
+                      "bad_epochs": 0, "history": []}
+    if resume:
+        progress_state = _resume(out, config, vocab, label_names, model, optimizer, log)
+    history = progress_state["history"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(config.to_json() + "\n")
+    log(f"train {len(train_ds)}  val {len(val_ds)}  test {len(test_ds) if test_ds else 0}  vocab {len(vocab)}  "
+        f"classes {label_names}  parameters {model.num_parameters():,}  -> {out}")
+
+    def save(name: str, **progress) -> None:
+        ckpt = checkpoint.make(model, config, vocab, label_names, optimizer=optimizer.state_dict(),
+                               progress={**progress_state, **progress})
+        checkpoint.atomic_save(ckpt, out / name)
+
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    stopped_early = False
+    for epoch in range(progress_state["epoch"], config.epochs):
+        t0 = time.perf_counter()
+        epoch_batches = list(batches(train_ids, train_ds.labels, config.batch_size, shuffle=True,
+                                     generator=epoch_generator(config.seed, epoch), bucket=config.bucket))
+        start = progress_state["step"] if epoch == progress_state["epoch"] else 0
+        if start == 0:
+            progress_state.update(loss_sum=0.0, correct=0, seen=0)
+        bar = _progress(len(epoch_batches), start, f"epoch {epoch + 1}/{config.epochs}", show_bar)
+        step = start
+        try:
+            for step in range(start, len(epoch_batches)):
+                x, lengths, y = (t.to(config.device) for t in epoch_batches[step])
+                logits = model(x, lengths)  # forward
+                loss = F.cross_entropy(logits, y)  # loss
+                if not torch.isfinite(loss):
+                    raise UserError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower "
+                                    f"--lr (now {config.lr:g}) or clip gradients (--clip 1); the last good "
+                                    f"checkpoint is kept", path=out)
+                loss.backward()  # backward (autograd, or the hand BPTT inside the cell)
+                if config.clip:
+                    clip_grad_norm(params, config.clip)  # clip
+                optimizer.step()  # step
+                optimizer.zero_grad()
+                progress_state["loss_sum"] += loss.item() * len(y)
+                progress_state["correct"] += int((logits.argmax(1) == y).sum())
+                progress_state["seen"] += len(y)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{progress_state['loss_sum'] / progress_state['seen']:.4f}")
+        except KeyboardInterrupt:  # keep what was done: the next --resume continues from this step
+            if bar is not None:
+                bar.close()
+            save(checkpoint.LAST, epoch=epoch, step=step)
+            log(f"interrupted at epoch {epoch + 1}, step {step}; saved {out / checkpoint.LAST}; continue with --resume")
+            raise
+        if bar is not None:
+            bar.close()
+
+        # evaluate on the validation split, log, keep the best, stop early
+        val = evaluate_ids(model, val_ids, val_ds.labels, label_names)
+        row = {"epoch": epoch + 1, "train_loss": progress_state["loss_sum"] / progress_state["seen"],
+               "train_acc": progress_state["correct"] / progress_state["seen"], "val_loss": val["loss"],
+               "val_acc": val["accuracy"], "seconds": time.perf_counter() - t0}
+        history.append(row)
+        log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  ({row['seconds']:.1f}s)")
+        progress_state.update(epoch=epoch + 1, step=0)
+        if val["loss"] < progress_state["best_val_loss"]:
+            progress_state.update(best_val_loss=val["loss"], bad_epochs=0)
+            save(checkpoint.BEST)
+        else:
+            progress_state["bad_epochs"] += 1
+        save(checkpoint.LAST)
+        if config.patience is not None and progress_state["bad_epochs"] >= config.patience:
+            log(f"early stop: no better validation loss for {config.patience} epochs")
+            stopped_early = True
+            break
+
+    # reload the best weights, test, and write the run's record
+    best, *_ = checkpoint.load_model(out)
+    model.load_state_dict(best.state_dict())
+    test = None
+    if test_ds is not None and len(test_ds):
+        test = evaluate_ids(model, encode_dataset(test_ds, vocab, config.lowercase), test_ds.labels, label_names)
+        test["unknown_rate"] = _unknown_rate(test_ds, vocab, config.lowercase)
+        log(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  (best epoch by validation loss)")
+    files = _write_records(out, history, test, label_names, plots)
+    files += [out / "config.json", out / checkpoint.BEST, out / checkpoint.LAST]
+    for f in files:
+        log(f"wrote {f}")
+    return TrainResult(out, history, test, model, files, stopped_early)
+
+
+def _progress(total: int, start: int, desc: str, show: bool):
+    if not show:
+        return None
+    from tqdm import tqdm  # imported only when a bar is drawn
+
+    return tqdm(total=total, initial=start, desc=desc, leave=False, file=sys.stderr)
+
+
+def _resume(out: Path, config: Config, vocab: Vocab, label_names, model, optimizer, log) -> dict:
+    _, saved_config, saved_vocab, saved_labels, ckpt = checkpoint.load_model(out, checkpoint.LAST)
+    if saved_config.to_dict() != config.to_dict():
+        changed = sorted(k for k, v in config.to_dict().items() if saved_config.to_dict().get(k) != v)
+        raise UserError(f"cannot resume with different settings ({', '.join(changed)}); use the run's "
+                        f"config.json or start a new --out", path=out / checkpoint.LAST)
+    if saved_vocab.to_list() != vocab.to_list() or saved_labels != label_names:
+        raise UserError("cannot resume on different data; pass the same --data as the run", path=out / checkpoint.LAST)
+    model.load_state_dict(ckpt["weights"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    state = dict(ckpt["progress"])
+    state["history"] = [dict(r) for r in state["history"]]
+    log(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
+    return state
+
+
+def _unknown_rate(ds: Dataset, vocab: Vocab, lowercase: bool) -> float:
+    tokens = [tokenize(t, lowercase) for t in ds.texts]
+    total = sum(len(t) for t in tokens)
+    return sum(vocab.count_unknown(t) for t in tokens) / total if total else 0.0
+
+
+def _write_records(out: Path, history: list[dict], test: dict | None, label_names, draw: bool) -> list[Path]:
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    files = [out / "history.csv"]
+    if test is not None:
+        (out / "metrics.json").write_text(json.dumps(test, indent=2) + "\n")
+        files.append(out / "metrics.json")
+    if draw:
+        from rnnlab import plots
+
+        files += plots.training_curves(history, out)
+        if test is not None:
+            files.append(plots.confusion(test["confusion"], label_names, out / "confusion.png"))
+    return files
+
+
+# -- evaluate and predict -----------------------------------------------------------------------------
+def evaluate(checkpoint_path, data, fmt: str | None = None, *, text_column=None, label_column=None) -> dict:
+    """Metrics of a trained model on a labelled file; labels must be among the model's classes."""
+    model, config, vocab, label_names, _ = checkpoint.load_model(checkpoint_path)
+    ds = load_dataset(data, fmt, text_column=text_column, label_column=label_column, label_names=label_names)
+    result = evaluate_ids(model, encode_dataset(ds, vocab, config.lowercase), ds.labels, label_names)
+    result["unknown_rate"] = _unknown_rate(ds, vocab, config.lowercase)
+    return result
+
+
+def predict(checkpoint_path, texts: list[str]) -> list[dict]:
+    """For each text: the label, the class probabilities and the words the model has never seen."""
+    model, config, vocab, label_names, _ = checkpoint.load_model(checkpoint_path)
+    tokens = [tokenize(t, config.lowercase) for t in texts]
+    probs = predict_ids(model, [vocab.encode(t) for t in tokens])
+    results = []
+    for text, toks, p in zip(texts, tokens, probs.tolist()):
+        c = max(range(len(p)), key=p.__getitem__)
+        results.append({"text": text, "label": label_names[c], "class": c,
+                        "probabilities": dict(zip(label_names, p)),
+                        "unknown_words": [t for t in toks if t not in vocab.stoi]})
+    return results
