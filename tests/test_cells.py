@@ -1,8 +1,10 @@
 """RNN, LSTM and GRU against torch.nn, both backward paths, masks, and finite differences.
 
-Tolerances: 1e-10 (absolute and relative) in float64, 1e-5 in float32 (relative to each tensor's
-scale, as `torch.testing.assert_close` measures). Biases are random and non-zero: zero biases would
-hide bias-gradient bugs.
+Tolerances: 1e-10 in float64, element by element (absolute and relative); 1e-5 in float32, relative
+to each tensor's scale: max|ours - torch| <= 1e-5 * max(1, max|torch|). (A float32 gradient entry is
+a sum of T * B products whose rounding errors scale with the products, not with the sum; an entry
+that cancels to a small number can differ by 1e-5 relative to itself and be right.)
+Biases are random and non-zero: zero biases would hide bias-gradient bugs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from hypothesis import strategies as st
 from rnnlab.recurrent import Recurrent, from_torch, unroll
 
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def assert_close(ours, ref, dtype, what=""):
+    if dtype == torch.float64:
+        torch.testing.assert_close(ours, ref, rtol=TOL[dtype], atol=TOL[dtype], msg=lambda m: f"{what}: {m}")
+        return
+    err, scale = float((ours - ref).abs().max()), max(1.0, float(ref.abs().max()))
+    assert err <= TOL[dtype] * scale, f"{what}: max difference {err:.3g} > {TOL[dtype]:g} x scale {scale:.3g}"
 
 
 def torch_module(kind, E, H, *, bias, batch_first, dtype, seed, phi="tanh"):
@@ -88,17 +98,16 @@ def compare(kind, B, T, E, H, bias, batch_first, padded, with_h0, backward, dtyp
     h0_ref = None if h0 is None else [h.clone().requires_grad_() for h in h0]
     out, states, dx = run(lambda xx, hx: layer(xx, hx, lengths=lengths), h0_ours)
     out_ref, states_ref, dx_ref = run(lambda xx, hx: torch_forward(m, xx, hx, lengths), h0_ref)
-    tol = TOL[dtype]
-    torch.testing.assert_close(out, out_ref, **tol)
+    assert_close(out, out_ref, dtype, "outputs")
     for s, s_ref in zip(states, states_ref):
-        torch.testing.assert_close(s, s_ref, **tol)
-    torch.testing.assert_close(dx, dx_ref, **tol)
+        assert_close(s, s_ref, dtype, "final state")
+    assert_close(dx, dx_ref, dtype, "dx")
     ours = dict(zip(layer.cell.param_names, layer.cell.parameters()))
     for name, ref in torch_grads(m, kind, H).items():
-        torch.testing.assert_close(ours[name].grad, ref, **tol, msg=lambda s, n=name: f"d{n}: {s}")
+        assert_close(ours[name].grad, ref, dtype, f"d{name}")
     if h0 is not None:
         for h, h_ref in zip(h0_ours, h0_ref):
-            torch.testing.assert_close(h.grad, h_ref.grad, **tol)
+            assert_close(h.grad, h_ref.grad, dtype, "dh0")
 
 
 shapes = dict(B=st.integers(1, 8), T=st.integers(1, 12), E=st.integers(1, 10), H=st.integers(1, 32),
@@ -116,7 +125,7 @@ def test_equals_torch_nn_float64(kind, backward, B, T, E, H, bias, batch_first, 
 
 @pytest.mark.parametrize("backward", ["autograd", "manual"])
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(**shapes)
 def test_equals_torch_nn_float32(kind, backward, B, T, E, H, bias, batch_first, padded, with_h0, seed):
     compare(kind, B, T, E, H, bias, batch_first, padded, with_h0, backward, torch.float32, seed)
@@ -243,12 +252,12 @@ def test_gradcheck_catches_a_wrong_backward(monkeypatch):
     from rnnlab import gradcheck
     from rnnlab.cells import GRUCell
 
-    original = GRUCell.step_backward
+    original = GRUCell.backward_t
 
-    def off_by_a_bit(self, d_state, cache):
-        dp, dgh, direct = original(self, d_state, cache)
-        return dp, dgh * 1.001, direct  # a 0.1% error in dW's path
+    def off_by_a_bit(self, t, dh, buf):
+        original(self, t, dh, buf)
+        buf.dgh[t].mul_(1.001)  # a 0.1% error in what becomes dW
 
-    monkeypatch.setattr(GRUCell, "step_backward", off_by_a_bit)
+    monkeypatch.setattr(GRUCell, "backward_t", off_by_a_bit)
     assert gradcheck.report("gru", log=lambda _: None) is False
     assert gradcheck.report("lstm", log=lambda _: None) is True

@@ -5,12 +5,19 @@ input projection `p_t = U x_t + b` is computed for all time steps at once, befor
 (see `recurrent.py`), because it does not depend on the state; the cell adds the recurrent part
 `W s_{t-1}` itself. Everything is written for a batch of row vectors, so `W s` becomes `s @ W.T`.
 
-Each cell has two methods that sit side by side, step for step:
-    step(p_t, state)            -> (next_state, cache)          the forward equations
-    step_backward(d_state, cache) -> (dp_t, dgh_t, d_state_prev)  their derivatives (hand BPTT)
-where `gh_t = s_{t-1} @ W.T` is the recurrent pre-activation. The unroll turns `dgh_t` into
-`ds_{t-1} += dgh_t @ W` and, after the loop, into `dW = sum_t dgh_t.T @ s_{t-1}` with one matmul, and
-turns `dp_t` into `dU` and `db` the same way. So a cell's backward never touches a weight gradient.
+Each cell computes one step two ways:
+
+    step(p_t, state) -> next_state     the equations in plain differentiable torch ops; autograd
+                                       differentiates them (backward="autograd", what the handout does)
+    forward_t / backward_t             the same step written into preallocated buffers, and its
+                                       hand-derived derivative beside it (backward="manual")
+
+The manual path splits each derivative into a part known after the forward pass (the gates' local
+derivatives such as i (1 - i), computed for all steps at once by `local_derivatives`) and a part
+that needs the gradient flowing back (a few element-wise products and one matmul per step). With
+`gh_t = W s_{t-1}` the recurrent pre-activation, `backward_t` writes dp_t (gradient of U x_t + b) and
+dgh_t and ds_{t-1}; the unroll turns dgh into `dW = sum_t dgh_t^T s_{t-1}` with one matmul after the
+loop, and dp into dU and db the same way. So a cell's backward never touches a weight gradient.
 
 Parameter layout follows PyTorch's `nn.RNN` / `nn.LSTM` / `nn.GRU` (gate blocks stacked in rows, in
 the order i, f, g, o and r, z, n), so weights convert both ways without reshuffling. PyTorch has two
@@ -25,10 +32,15 @@ Left out: peepholes, projections (`proj_size`), layer norm, dropout between step
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 
 State = tuple[torch.Tensor, ...]  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
+
+
+class Buffers(SimpleNamespace):
+    """Preallocated tensors of one manual forward/backward pass, by name (see `Cell.buffers`)."""
 
 
 def _uniform(shape: tuple[int, ...], bound: float, generator, dtype, device) -> torch.Tensor:
@@ -67,6 +79,33 @@ class Cell:
 
     param_names: tuple[str, ...] = ("W", "U", "b")
 
+    # names of the buffers that `local_derivatives` leaves for the backward pass (the rest is freed)
+    saved: tuple[str, ...] = ("h",)
+
+    def buffers(self, T: int, B: int, like: torch.Tensor) -> Buffers:
+        """What the manual forward writes, allocated once per pass: the states h (and c) for s_0..s_T
+        and the cell's own (gates, candidates)."""
+        H, GH = self.hidden_size, self.n_gates * self.hidden_size
+        new = like.new_empty
+        buf = Buffers(W_t=self.W.detach().t(), h=new(T + 1, B, H))
+        if self.name == "lstm":
+            buf.c, buf.gates, buf.tanh_c = new(T + 1, B, H), new(T, B, GH), new(T, B, H)
+        if self.name == "gru":
+            buf.gh, buf.rz, buf.n = new(T, B, GH), new(T, B, 2 * H), new(T, B, H)
+            b_hn = self.b_hn.detach() if self.b_hn is not None else like.new_zeros(H)
+            buf.b_h = torch.cat((like.new_zeros(2 * H), b_hn))  # [0, 0, b_hn]
+        return buf
+
+    def scratch(self, buf: Buffers, T: int, B: int) -> Buffers:
+        """What the backward writes: dp_t and dgh_t for every t, and ds_{t-1} (and dc) for the current t."""
+        H, GH = self.hidden_size, self.n_gates * self.hidden_size
+        new = buf.h.new_empty
+        buf.W, buf.dp, buf.dh_prev = self.W.detach(), new(T, B, GH), new(B, H)
+        buf.dgh = new(T, B, GH) if self.name == "gru" else buf.dp  # the same for RNN and LSTM
+        if self.n_states == 2:
+            buf.dc = new(B, H)
+        return buf
+
     def zero_state(self, B: int) -> State:
         H = self.hidden_size
         return tuple(self.W.new_zeros(B, H) for _ in range(self.n_states))
@@ -83,6 +122,7 @@ class RNNCell(Cell):
     """
 
     name = "rnn"
+    saved = ("h", "dphi")
 
     def __init__(self, input_size: int, hidden_size: int, *, phi: str = "tanh", **kw):
         if phi not in ("tanh", "relu"):
@@ -90,20 +130,23 @@ class RNNCell(Cell):
         self.phi = phi
         super().__init__(input_size, hidden_size, **kw)
 
-    def step(self, p_t: torch.Tensor, state: State) -> tuple[State, tuple]:
+    def step(self, p_t: torch.Tensor, state: State) -> State:
         (s_prev,) = state
         a = torch.addmm(p_t, s_prev, self.W.t())  # a_t = U x_t + b + W s_{t-1}   (B, H)
-        s = torch.tanh(a) if self.phi == "tanh" else torch.relu(a)  # s_t = phi(a_t)
-        return (s,), (s,)
+        return (torch.tanh(a) if self.phi == "tanh" else torch.relu(a),)  # s_t = phi(a_t)
 
-    def step_backward(self, d_state: State, cache: tuple):
-        (ds,) = d_state
-        (s,) = cache
-        if self.phi == "tanh":
-            da = ds * (1 - s * s)  # tanh'(a) = 1 - tanh(a)^2 = 1 - s^2
-        else:
-            da = ds * (s > 0)  # relu'(a) = 1 where a > 0, i.e. where s > 0
-        return da, da, (None,)  # dp_t, dgh_t, no direct path from s_t to s_{t-1}
+    # -- hand-written BPTT ------------------------------------------------------------------------------
+    def forward_t(self, t: int, p_t: torch.Tensor, buf: Buffers) -> None:
+        s = torch.addmm(p_t, buf.h[t], buf.W_t, out=buf.h[t + 1])  # a_t = U x_t + b + W s_{t-1}
+        s.tanh_() if self.phi == "tanh" else s.relu_()  # s_t = phi(a_t), in place
+
+    def local_derivatives(self, buf: Buffers) -> None:
+        s = buf.h[1:]  # (T, B, H)
+        buf.dphi = 1 - s * s if self.phi == "tanh" else (s > 0).to(s.dtype)  # phi'(a_t) for every t at once
+
+    def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
+        torch.mul(dh, buf.dphi[t], out=buf.dp[t])  # da_t = ds_t * phi'(a_t);  dp_t = dgh_t = da_t
+        torch.mm(buf.dp[t], buf.W, out=buf.dh_prev)  # ds_{t-1} = W^T da_t
 
 
 class LSTMCell(Cell):
@@ -116,45 +159,59 @@ class LSTMCell(Cell):
         c_t = f_t * c_{t-1} + i_t * g_t
         h_t = o_t * tanh(c_t)
 
-    Backward, given dh_t and dc_t from later steps:
+    Backward, given dh_t and dc_t from later steps (sigma' = s (1 - s), tanh' = 1 - t^2):
         dc   = dc_t + dh_t * o_t * (1 - tanh(c_t)^2)
-        do   = dh_t * tanh(c_t)      di = dc * g_t      dg = dc * i_t      df = dc * c_{t-1}
-        dc_{t-1} = dc * f_t
-        then through the nonlinearities: sigma' = s (1 - s), tanh' = 1 - t^2, and the pre-activation
-        gradient (B, 4H) feeds dW, dU, db and dh_{t-1} = W^T d(pre-activation).
+        dz_i = dc * g_t * i_t (1 - i_t)           dz_f = dc * c_{t-1} * f_t (1 - f_t)
+        dz_g = dc * i_t * (1 - g_t^2)             dz_o = dh_t * tanh(c_t) * o_t (1 - o_t)
+        dc_{t-1} = dc * f_t                       dh_{t-1} = W^T dz    (dz: the four blocks, (B, 4H))
     """
 
     name = "lstm"
     n_gates = 4
     n_states = 2
+    saved = ("h", "dc_dh", "ifg_factor", "o_factor", "f")
 
-    def step(self, p_t: torch.Tensor, state: State) -> tuple[State, tuple]:
+    def step(self, p_t: torch.Tensor, state: State) -> State:
         h_prev, c_prev = state
         H = self.hidden_size
         z = torch.addmm(p_t, h_prev, self.W.t())  # all four pre-activations in one matmul (B, 4H)
-        ifo = torch.sigmoid(z[:, : 2 * H]), torch.sigmoid(z[:, 3 * H :])
-        i, f = ifo[0][:, :H], ifo[0][:, H:]  # input and forget gates
-        o = ifo[1]  # output gate
+        i = torch.sigmoid(z[:, :H])  # input gate
+        f = torch.sigmoid(z[:, H : 2 * H])  # forget gate
         g = torch.tanh(z[:, 2 * H : 3 * H])  # candidate
-        c = torch.addcmul(f * c_prev, i, g)  # c_t = f * c_{t-1} + i * g
-        tanh_c = torch.tanh(c)
-        h = o * tanh_c  # h_t = o * tanh(c_t)
-        return (h, c), (i, f, g, o, c_prev, tanh_c)
+        o = torch.sigmoid(z[:, 3 * H :])  # output gate
+        c = f * c_prev + i * g  # c_t = f * c_{t-1} + i * g
+        h = o * torch.tanh(c)  # h_t = o * tanh(c_t)
+        return h, c
 
-    def step_backward(self, d_state: State, cache: tuple):
-        dh, dc_next = d_state
-        i, f, g, o, c_prev, tanh_c = cache
-        dc = torch.addcmul(dc_next, dh * o, 1 - tanh_c * tanh_c)  # dc = dc_t + dh o (1 - tanh^2 c)
-        dz = torch.cat(
-            (
-                dc * g * i * (1 - i),  # di * sigma'   (di = dc g)
-                dc * c_prev * f * (1 - f),  # df * sigma'   (df = dc c_{t-1})
-                dc * i * (1 - g * g),  # dg * tanh'    (dg = dc i)
-                dh * tanh_c * o * (1 - o),  # do * sigma'   (do = dh tanh c)
-            ),
-            dim=1,
-        )
-        return dz, dz, (None, dc * f)  # dc_{t-1} = dc f
+    # -- hand-written BPTT ------------------------------------------------------------------------------
+    def forward_t(self, t: int, p_t: torch.Tensor, buf: Buffers) -> None:
+        H = self.hidden_size
+        z = torch.addmm(p_t, buf.h[t], buf.W_t, out=buf.gates[t])  # pre-activations, then gates in place
+        z[:, : 2 * H].sigmoid_()  # i, f
+        z[:, 2 * H : 3 * H].tanh_()  # g
+        z[:, 3 * H :].sigmoid_()  # o
+        i, f, g, o = z.split(H, dim=1)
+        c = torch.mul(f, buf.c[t], out=buf.c[t + 1]).addcmul_(i, g)  # c_t = f * c_{t-1} + i * g
+        torch.tanh(c, out=buf.tanh_c[t])
+        torch.mul(o, buf.tanh_c[t], out=buf.h[t + 1])  # h_t = o * tanh(c_t)
+
+    def local_derivatives(self, buf: Buffers) -> None:
+        """For every t at once: what each gate's pre-activation gradient is multiplied by."""
+        i, f, g, o = buf.gates.split(self.hidden_size, dim=2)  # (T, B, H) each
+        tanh_c, c_prev = buf.tanh_c, buf.c[:-1]
+        buf.dc_dh = o * (1 - tanh_c * tanh_c)  # dc += dh * o (1 - tanh^2 c)
+        buf.ifg_factor = torch.cat((g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)), dim=2)  # x dc
+        buf.o_factor = tanh_c * o * (1 - o)  # x dh
+        buf.f = f.clone()  # dc_{t-1} = dc f
+
+    def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
+        B, H = dh.shape
+        dc = buf.dc.addcmul_(dh, buf.dc_dh[t])  # dc = dc_t + dh o (1 - tanh^2 c)
+        dz = buf.dp[t]  # (B, 4H)
+        torch.mul(buf.ifg_factor[t].view(B, 3, H), dc.unsqueeze(1), out=dz[:, : 3 * H].view(B, 3, H))  # dz_i,f,g
+        torch.mul(dh, buf.o_factor[t], out=dz[:, 3 * H :])  # dz_o
+        torch.mm(dz, buf.W, out=buf.dh_prev)  # dh_{t-1} = W^T dz
+        dc.mul_(buf.f[t])  # dc_{t-1} = dc f
 
 
 class GRUCell(Cell):
@@ -168,15 +225,17 @@ class GRUCell(Cell):
     `b_r`, `b_z` are PyTorch's b_ir + b_hr and b_iz + b_hz; `b_n` is b_in; `b_hn` stays separate.
 
     Backward, given dh_t:
-        dz = dh_t * (h_{t-1} - n_t)        dn = dh_t * (1 - z_t)        dh_{t-1} = dh_t * z_t + W^T dgh
-        dn_pre = dn * (1 - n_t^2)          dr = dn_pre * (W_n h_{t-1} + b_hn)
-        dgh = [dr r(1-r), dz z(1-z), dn_pre * r_t]   (gradient of W h_{t-1} + [0, 0, b_hn])
-        dp  = [dr r(1-r), dz z(1-z), dn_pre]         (gradient of U x_t + b)
+        dn_pre = dh_t (1 - z_t) (1 - n_t^2)                        (through n_t = tanh(...))
+        dr_pre = dn_pre (W_n h_{t-1} + b_hn) r_t (1 - r_t)         dz_pre = dh_t (h_{t-1} - n_t) z_t (1 - z_t)
+        dp  = [dr_pre, dz_pre, dn_pre]           gradient of U x_t + b
+        dgh = [dr_pre, dz_pre, dn_pre * r_t]     gradient of W h_{t-1} + [0, 0, b_hn]
+        dh_{t-1} = dh_t z_t + W^T dgh
     """
 
     name = "gru"
     n_gates = 3
     param_names = ("W", "U", "b", "b_hn")
+    saved = ("h", "factor", "r", "z")
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, generator=None,
                  dtype=torch.float32, device=None):
@@ -184,26 +243,42 @@ class GRUCell(Cell):
         k = 1.0 / math.sqrt(hidden_size)
         self.b_hn = _uniform((hidden_size,), k, generator, dtype, device) if bias else None
 
-    def step(self, p_t: torch.Tensor, state: State) -> tuple[State, tuple]:
+    def step(self, p_t: torch.Tensor, state: State) -> State:
         (h_prev,) = state
         H = self.hidden_size
         gh = h_prev @ self.W.t()  # W h_{t-1} for all three gates   (B, 3H)
-        rz = torch.sigmoid(p_t[:, : 2 * H] + gh[:, : 2 * H])
-        r, z = rz[:, :H], rz[:, H:]  # reset and update gates
-        gh_n = gh[:, 2 * H :] if self.b_hn is None else gh[:, 2 * H :] + self.b_hn  # W_n h + b_hn
-        n = torch.tanh(torch.addcmul(p_t[:, 2 * H :], r, gh_n))  # n_t = tanh(U_n x + b_n + r * (...))
-        h = torch.lerp(n, h_prev, z)  # h_t = (1 - z) n + z h_{t-1}
-        return (h,), (r, z, n, h_prev, gh_n)
+        r = torch.sigmoid(p_t[:, :H] + gh[:, :H])  # reset gate
+        z = torch.sigmoid(p_t[:, H : 2 * H] + gh[:, H : 2 * H])  # update gate
+        gh_n = gh[:, 2 * H :] if self.b_hn is None else gh[:, 2 * H :] + self.b_hn  # W_n h_{t-1} + b_hn
+        n = torch.tanh(p_t[:, 2 * H :] + r * gh_n)  # n_t = tanh(U_n x_t + b_n + r * (W_n h_{t-1} + b_hn))
+        return ((1 - z) * n + z * h_prev,)  # h_t
 
-    def step_backward(self, d_state: State, cache: tuple):
-        (dh,) = d_state
-        r, z, n, h_prev, gh_n = cache
-        dn_pre = dh * (1 - z) * (1 - n * n)  # dn * tanh'
-        dr_pre = dn_pre * gh_n * r * (1 - r)  # dr * sigma'
-        dz_pre = dh * (h_prev - n) * z * (1 - z)  # dz * sigma'
-        dp = torch.cat((dr_pre, dz_pre, dn_pre), dim=1)
-        dgh = torch.cat((dr_pre, dz_pre, dn_pre * r), dim=1)
-        return dp, dgh, (dh * z,)  # dh_{t-1} direct path: h_t = ... + z h_{t-1}
+    # -- hand-written BPTT ------------------------------------------------------------------------------
+    def forward_t(self, t: int, p_t: torch.Tensor, buf: Buffers) -> None:
+        H = self.hidden_size
+        h_prev = buf.h[t]
+        gh = torch.addmm(buf.b_h, h_prev, buf.W_t, out=buf.gh[t])  # W h_{t-1} + [0, 0, b_hn]   (B, 3H)
+        rz = torch.add(p_t[:, : 2 * H], gh[:, : 2 * H], out=buf.rz[t]).sigmoid_()  # r, z
+        r, z = rz[:, :H], rz[:, H:]
+        n = torch.addcmul(p_t[:, 2 * H :], r, gh[:, 2 * H :], out=buf.n[t]).tanh_()  # n_t
+        torch.lerp(n, h_prev, z, out=buf.h[t + 1])  # h_t = n + z (h_{t-1} - n) = (1 - z) n + z h_{t-1}
+
+    def local_derivatives(self, buf: Buffers) -> None:
+        r, z = buf.rz.split(self.hidden_size, dim=2)  # (T, B, H) each
+        n, h_prev, gh_n = buf.n, buf.h[:-1], buf.gh[:, :, 2 * self.hidden_size :]
+        dn = (1 - z) * (1 - n * n)  # dn_pre = dh * (1 - z)(1 - n^2)
+        # dp = dh * [dn gh_n r (1 - r),  (h_{t-1} - n) z (1 - z),  dn]
+        buf.factor = torch.cat((dn * gh_n * r * (1 - r), (h_prev - n) * z * (1 - z), dn), dim=2)
+        buf.r, buf.z = r.clone(), z.clone()
+
+    def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
+        B, H = dh.shape
+        dp = buf.dp[t]  # (B, 3H)
+        torch.mul(buf.factor[t].view(B, 3, H), dh.unsqueeze(1), out=dp.view(B, 3, H))  # dr, dz, dn_pre
+        dgh = buf.dgh[t]
+        dgh[:, : 2 * H].copy_(dp[:, : 2 * H])  # dgh = [dr_pre, dz_pre, dn_pre * r]
+        torch.mul(dp[:, 2 * H :], buf.r[t], out=dgh[:, 2 * H :])
+        torch.addcmul(torch.mm(dgh, buf.W, out=buf.dh_prev), dh, buf.z[t], out=buf.dh_prev)  # dh z + W^T dgh
 
 
 CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}

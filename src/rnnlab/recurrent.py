@@ -10,13 +10,13 @@ sequence's state at its true last step. Two backward paths give the same gradien
 
 - backward="autograd": the loop is made of differentiable torch ops; `loss.backward()` does the rest,
   exactly what the lab handout does.
-- backward="manual": the loop runs without autograd and keeps what the derivative needs; the
-  backward is our BPTT, written out below (`_ManualBPTT.backward`) step by step from the cells'
-  `step_backward`. It is wrapped in a `torch.autograd.Function` only so that it plugs into the rest of
+- backward="manual": the loop runs without autograd, writing into preallocated buffers what the
+  derivative needs; the backward is our BPTT, written out below (`_ManualBPTT.backward`) step by
+  step from the cells' `backward_t`. It is wrapped in a `torch.autograd.Function` only so that it plugs into the rest of
   a model (embedding, output layer, loss) and can be checked with `torch.autograd.gradcheck`.
 
 BPTT, for gradients ds_t arriving from the loss (through the outputs and the final state):
-    for t = T..1:   dp_t, dgh_t = cell.step_backward(ds_t)     (masked rows pass ds_t straight through)
+    for t = T..1:   dp_t, dgh_t = cell.backward_t(ds_t)        (masked rows pass ds_t straight through)
                     ds_{t-1} = dgh_t @ W + direct path           (the cell's own dependence on s_{t-1})
     dW = sum_t dgh_t^T s_{t-1}     dU = sum_t dp_t^T x_t     db = sum_t dp_t       (one matmul each)
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnlab.cells import Cell, State, make_cell
+from rnnlab.cells import Buffers, Cell, State, make_cell
 
 BACKWARDS = ("autograd", "manual")
 
@@ -94,7 +94,7 @@ def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: tor
     p = _input_projection(cell, x)  # (T, B, G*H)
     outputs = []
     for t in range(T):
-        new, _ = cell.step(p[t], state)
+        new = cell.step(p[t], state)
         state = _keep_padded(None if mask is None else mask[t], new, state)
         outputs.append(state[0])
     out = torch.stack(outputs)  # (T, B, H)
@@ -102,66 +102,82 @@ def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: tor
 
 
 class _ManualBPTT(torch.autograd.Function):
-    """Forward without autograd, keeping each step's cache; backward is the hand-derived BPTT."""
+    """Forward without autograd into preallocated buffers; backward is the hand-derived BPTT."""
 
     @staticmethod
     def forward(ctx, cell: Cell, x, mask, n_states: int, *state_and_params):
-        state = tuple(state_and_params[:n_states])
-        T, B, H = x.shape[1], x.shape[0], cell.hidden_size
-        p = _input_projection(cell, x)  # (T, B, G*H)
-        hs = p.new_empty(T + 1, B, H)  # s_0..s_T, kept for dW = sum_t dgh_t^T s_{t-1}
-        hs[0] = state[0]
-        caches = []
+        state = state_and_params[:n_states]
+        B, T = x.shape[:2]
+        p = _input_projection(cell, x)  # (T, B, G*H): U x_t + b for every t
+        buf = cell.buffers(T, B, p)
+        buf.h[0] = state[0]
+        if n_states == 2:
+            buf.c[0] = state[1]
         for t in range(T):
-            new, cache = cell.step(p[t], state)
-            state = _keep_padded(None if mask is None else mask[t], new, state)
-            hs[t + 1] = state[0]
-            caches.append(cache)
-        out = hs[1:] if mask is None else hs[1:] * mask  # (T, B, H)
-        ctx.cell, ctx.mask, ctx.caches, ctx.n_states = cell, mask, caches, n_states
-        ctx.save_for_backward(x, hs)
+            cell.forward_t(t, p[t], buf)  # writes s_t into buf.h[t + 1] (and c_t into buf.c[t + 1])
+            if mask is not None:  # padded rows keep s_{t-1}
+                torch.where(mask[t], buf.h[t + 1], buf.h[t], out=buf.h[t + 1])
+                if n_states == 2:
+                    torch.where(mask[t], buf.c[t + 1], buf.c[t], out=buf.c[t + 1])
+        cell.local_derivatives(buf)  # the gates' local derivatives, for all steps at once
+        ctx.cell, ctx.mask = cell, mask
+        # saved through autograd, so they are freed after backward (kept only with retain_graph)
+        ctx.save_for_backward(x, *(getattr(buf, name) for name in cell.saved))
         ctx.set_materialize_grads(False)
-        return (out, hs[T], *state[1:])
+        out = buf.h[1:] if mask is None else buf.h[1:] * mask  # (T, B, H)
+        return (out, buf.h[T]) if n_states == 1 else (out, buf.h[T], buf.c[T])
 
     @staticmethod
     def backward(ctx, d_out, *d_final):
-        cell, mask, caches = ctx.cell, ctx.mask, ctx.caches
-        x, hs = ctx.saved_tensors
-        T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        cell, mask = ctx.cell, ctx.mask
+        x, *saved = ctx.saved_tensors
+        buf = Buffers(**dict(zip(cell.saved, saved)))
+        T, B, H = buf.h.shape[0] - 1, buf.h.shape[1], buf.h.shape[2]
+        cell.scratch(buf, T, B)
         GH = cell.n_gates * H
-        W = cell.W.detach()
-        # gradient arriving at the final state; zeros where the caller did not use it
-        ds = [d if d is not None else hs.new_zeros(B, H) for d in d_final]
-        dp = hs.new_empty(T, B, GH)  # dL/dp_t, to become dU, db (and dx)
-        dgh = hs.new_empty(T, B, GH)  # dL/d(W s_{t-1}), to become dW
+        # gradients arriving at the final state; zeros where the caller did not use it
+        dh = d_final[0].clone() if d_final[0] is not None else buf.h.new_zeros(B, H)
+        if cell.n_states == 2:
+            buf.dc.copy_(d_final[1]) if d_final[1] is not None else buf.dc.zero_()
+        if d_out is not None and mask is not None:
+            d_out = d_out * mask  # padded outputs are constants (zero)
+        not_mask = None if mask is None else ~mask
         for t in reversed(range(T)):
-            m = None if mask is None else mask[t]  # (B, 1)
-            if d_out is not None:  # s_t also feeds the output at step t
-                ds[0] = ds[0] + (d_out[t] if m is None else d_out[t] * m)
-            d_in = ds if m is None else [d * m for d in ds]  # only real steps reach the cell
-            dp[t], dgh[t], direct = cell.step_backward(tuple(d_in), caches[t])
-            ds_prev = [torch.mm(dgh[t], W)] + [None] * (len(ds) - 1)  # ds_{t-1} = W^T dgh_t
-            for k, dk in enumerate(direct):
-                if dk is not None:
-                    ds_prev[k] = dk if ds_prev[k] is None else ds_prev[k] + dk
-            if m is not None:  # padded rows: s_t = s_{t-1}, the gradient passes unchanged
-                ds_prev = [(dn if dn is not None else 0) + d * ~m for dn, d in zip(ds_prev, ds)]
-            ds = ds_prev
+            if d_out is not None:
+                dh += d_out[t]  # s_t also feeds the output at step t
+            if mask is None:
+                cell.backward_t(t, dh, buf)  # writes dp[t], dgh[t], ds_{t-1} (buf.dh_prev, buf.dc)
+                dh, buf.dh_prev = buf.dh_prev, dh  # swap: ds_{t-1} becomes the gradient to carry on
+                continue
+            # padded rows: s_t = s_{t-1}, so their gradient passes through unchanged
+            m, keep = mask[t], not_mask[t]
+            dc_keep = buf.dc * keep if cell.n_states == 2 else None
+            if dc_keep is not None:
+                buf.dc.mul_(m)
+            cell.backward_t(t, dh * m, buf)
+            buf.dh_prev.addcmul_(dh, keep)
+            if dc_keep is not None:
+                buf.dc.add_(dc_keep)
+            dh, buf.dh_prev = buf.dh_prev, dh
         # weight gradients: one matmul each over all steps
-        grads = {"W": dgh.view(-1, GH).t() @ hs[:-1].reshape(-1, H)}  # dW = sum_t dgh_t^T s_{t-1}
+        dp, dgh = buf.dp.view(-1, GH), buf.dgh.view(-1, GH)
+        grads = {"W": dgh.t() @ buf.h[:-1].reshape(-1, H)}  # dW = sum_t dgh_t^T s_{t-1}
+        dx = None
         if x.dtype in (torch.int64, torch.int32):  # dU[:, id] += dp_t for each token id
-            dU_t = hs.new_zeros(cell.input_size, GH).index_add_(0, x.t().reshape(-1), dp.view(-1, GH))
-            grads["U"], dx = dU_t.t(), None
+            dU_t = dp.new_zeros(cell.input_size, GH).index_add_(0, x.t().reshape(-1), dp)
+            grads["U"] = dU_t.t()
         else:
-            x_tm = x.transpose(0, 1).reshape(-1, x.shape[-1])
-            grads["U"] = dp.view(-1, GH).t() @ x_tm  # dU = sum_t dp_t^T x_t
-            dx = (dp @ cell.U.detach()).transpose(0, 1) if ctx.needs_input_grad[1] else None
+            x_tm = x.transpose(0, 1).reshape(-1, x.shape[-1])  # (T*B, E), time-major like dp
+            grads["U"] = dp.t() @ x_tm  # dU = sum_t dp_t^T x_t
+            if ctx.needs_input_grad[1]:
+                dx = (dp @ cell.U.detach()).view(T, B, -1).transpose(0, 1)  # dx_t = U^T dp_t
         if cell.b is not None:
-            grads["b"] = dp.sum(dim=(0, 1))  # db = sum_t dp_t
+            grads["b"] = dp.sum(dim=0)  # db = sum_t dp_t
         if getattr(cell, "b_hn", None) is not None:
-            grads["b_hn"] = dgh[:, :, 2 * H :].sum(dim=(0, 1))  # GRU: b_hn enters with W_n s
+            grads["b_hn"] = dgh[:, 2 * H :].sum(dim=0)  # GRU: b_hn enters with W_n s
+        d_state0 = (dh, buf.dc.clone()) if cell.n_states == 2 else (dh,)
         d_params = [grads.get(n) if p is not None else None for n, p in zip(cell.param_names, cell.parameters())]
-        return (None, dx, None, None, *ds, *d_params)
+        return (None, dx, None, None, *d_state0, *d_params)
 
 
 class Recurrent:
