@@ -97,8 +97,7 @@ class Optimizer:
             "lr": self.lr,
             "step_count": self.step_count,
             "state": [
-                {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-                for state in self.state
+                {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()} for state in self.state
             ],
         }
 
