@@ -7,6 +7,8 @@ A checkpoint is one file written by `torch.save` holding only tensors and plain 
 
 - Loading uses `torch.load(weights_only=True)`, which refuses any pickled object other than tensors
   and plain containers, so a checkpoint can never run code; such a file is reported, not loaded.
+  `torch.save` writes a zip archive; a file that is not a complete one (truncated, a bare pickle, any
+  other file) is reported as corrupt before anything in it is unpickled.
 - Writing is atomic: the bytes go to a temporary file in the same folder, are flushed to disk, and
   the file is renamed over the old one. A crash or a full disk leaves the previous checkpoint intact.
 - A run folder holds `model.pt` (the best weights, for evaluate/predict) and `last.pt` (everything
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -68,14 +71,22 @@ def resolve(path: str | Path, name: str = BEST) -> Path:
 def read(path: str | Path, name: str = BEST) -> dict:
     """Load a checkpoint dictionary without executing anything from the file."""
     path = resolve(path, name)
+    corrupt = "truncated or corrupt checkpoint ({}); restore it or train again"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        complete = zipfile.is_zipfile(path)  # the zip's directory sits at its end: a cut file has none
+    except OSError as e:
+        raise UserError(f"cannot read the checkpoint: {e.strerror}", path=path) from None
+    if not complete:
+        raise UserError(corrupt.format("not a complete torch zip archive"), path=path)
+    try:
+        with warnings.catch_warnings():  # torch's notes on odd pickles would add lines to our one-line error
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError("refusing to load: the file holds Python objects other than tensors (it could run code); "
                         "only load checkpoints written by rnnlab", path=path) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(f"truncated or corrupt checkpoint ({type(e).__name__}); restore it or train again",
-                        path=path) from None
+    except Exception as e:  # anything else a damaged archive makes torch.load raise
+        raise UserError(corrupt.format(type(e).__name__), path=path) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError("not an rnnlab checkpoint; pass a model.pt written by `rnnlab train`", path=path)
     if ckpt.get("version") != VERSION:
@@ -87,14 +98,14 @@ def read(path: str | Path, name: str = BEST) -> dict:
 def load_model(path: str | Path, name: str = BEST) -> tuple[Classifier, Config, Vocab, list[str], dict]:
     """(model, config, vocab, label_names, checkpoint) from a checkpoint file or run folder."""
     ckpt = read(path, name)
-    config = Config.from_dict(ckpt["config"])
-    vocab = Vocab.from_list(ckpt["vocab"])
-    labels = list(ckpt["label_names"])
-    model = Classifier(len(vocab), config.hidden, len(labels), cell=config.cell, phi=config.phi,
-                       embed_dim=config.embed_dim, backward=config.backward, seed=config.seed)
     try:
+        config = Config.from_dict(ckpt["config"])
+        vocab = Vocab.from_list(ckpt["vocab"])
+        labels = list(ckpt["label_names"])
+        model = Classifier(len(vocab), config.hidden, len(labels), cell=config.cell, phi=config.phi,
+                           embed_dim=config.embed_dim, backward=config.backward, seed=config.seed)
         model.load_state_dict(ckpt["weights"])
-    except (KeyError, ValueError) as e:
-        raise UserError(f"weights do not fit the saved config ({e}); the file is damaged",
-                        path=resolve(path, name)) from None
+    except (KeyError, ValueError, TypeError, AttributeError, UserError) as e:  # a missing entry, a wrong shape
+        raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "
+                        "damaged, train again", path=resolve(path, name)) from None
     return model, config, vocab, labels, ckpt

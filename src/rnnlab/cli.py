@@ -182,9 +182,9 @@ def cmd_predict(args) -> int:
 
     from rnnlab.train import predict
 
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not texts or any(not t.strip() for t in texts):
-        raise UserError("empty text; give sentences as arguments or one per line on stdin")
+    texts = _texts(args.texts) if args.texts else _stdin_lines()
+    if not texts:
+        raise UserError("no text on stdin; give sentences as arguments or one per line on stdin", path="<stdin>")
     for r in predict(args.checkpoint, texts):
         if args.json:
             print(json.dumps(r))
@@ -193,6 +193,31 @@ def cmd_predict(args) -> int:
         unk = f"  unknown: {', '.join(r['unknown_words'])}" if r["unknown_words"] else ""
         print(f"{r['label']}\t{probs}{unk}\t{r['text']}")
     return 0
+
+
+def _texts(arguments: list[str]) -> list[str]:
+    """The sentences given as arguments: each non-empty and valid UTF-8."""
+    for i, text in enumerate(arguments, start=1):
+        if not text.strip():
+            raise UserError(f"sentence argument {i} is empty; write some text in it or leave it out")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the terminal could not decode arrive as lone surrogates
+            raise UserError(f"sentence argument {i} is not valid UTF-8; pass UTF-8 text") from None
+    return arguments
+
+
+def _stdin_lines() -> list[str]:
+    """The non-blank lines of stdin, read as UTF-8 bytes whatever the locale says."""
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"not valid UTF-8 (byte 0x{data[e.start]:02x}); send UTF-8 text, e.g. through "
+                        "`iconv -f cp1252 -t utf-8`", path="<stdin>", line=line) from None
+    lines = text.removeprefix("\ufeff").split("\n")
+    return [line.removesuffix("\r") for line in lines if line.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:

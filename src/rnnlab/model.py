@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from rnnlab.cells import Cell, make_cell
 from rnnlab.recurrent import unroll
@@ -85,7 +86,7 @@ class Classifier:
     def states(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, backward: str | None = None):
         """All states: outputs (T, B, H) (zero past each length) and the final state tuple."""
         assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
-        x = ids if self.E is None else self.E[ids]  # one-hot(id) U == U[:, id];  or E[id]  (B, T, D)
+        x = ids if self.E is None else F.embedding(ids, self.E)  # one-hot(id) U == U[:, id];  or E[id]  (B, T, D)
         return unroll(self.cell, x, None, lengths, backward or self.backward)
 
     def logits(self, s_T: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,12 @@
     reload the best weights -> test -> write history, curves, confusion matrix
 
 The batch order of epoch e depends only on (seed, e), so a run stopped with Ctrl-C (which saves
-`last.pt`) and resumed with `--resume` ends with exactly the weights of an uninterrupted run.
+`last.pt`) and resumed with `--resume` ends with exactly the weights of an uninterrupted run. Ctrl-C
+is held until the step under way is finished, so `last.pt` is always saved between two steps, never
+in the middle of an optimiser update; a second Ctrl-C stops at once and saves nothing (the `last.pt`
+of the previous epoch stays, and resuming from it is just as exact).
+A loss, gradient norm or validation loss that is NaN or inf stops the run before anything is saved,
+so `model.pt` and `last.pt` keep the last good weights.
 Left out: learning-rate schedules from the command line, mixed precision, several GPUs (see the
 distributed issue), dropout.
 """
@@ -19,7 +24,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,10 +86,11 @@ def metrics(y_true: list[int], y_pred: list[int], label_names: list[str], loss: 
 
 @torch.no_grad()
 def predict_ids(model: Classifier, ids: list[list[int]], batch_size: int = 256) -> torch.Tensor:
-    """Class probabilities (N, C) for encoded sentences, in their order."""
+    """Class probabilities (N, C) on the CPU for encoded sentences, in their order."""
+    device = model.W_out.device  # batches are built on the CPU; the model may sit on a GPU
     probs = []
     for x, lengths, _ in batches(ids, [0] * len(ids), batch_size, shuffle=False):
-        probs.append(model.predict_proba(x, lengths))
+        probs.append(model.predict_proba(x.to(device), lengths.to(device)).cpu())
     return torch.cat(probs) if probs else torch.empty(0, model.num_classes)
 
 
@@ -128,6 +136,8 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
     # data: split, vocabulary from the training split only, ids
     train_ds, val_ds, test_ds = _splits(config, data, fmt, val_data, test_data, text_column, label_column)
     _check_classes(train_ds)
+    if not len(val_ds):  # early stopping and the best checkpoint are chosen on the validation split
+        raise UserError("no validation examples; pass --val FILE or a --val-frac above 0", path=train_ds.source)
     label_names = train_ds.label_names
     vocab = Vocab.build([tokenize(t, config.lowercase) for t in train_ds.texts], config.min_freq, config.max_vocab)
     train_ids = encode_dataset(train_ds, vocab, config.lowercase)
@@ -155,8 +165,10 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
         checkpoint.atomic_save(ckpt, out / name)
 
     show_bar = sys.stderr.isatty() if progress is None else progress
-    stopped_early = False
+    stopped_early = config.patience is not None and progress_state["bad_epochs"] >= config.patience
     for epoch in range(progress_state["epoch"], config.epochs):
+        if stopped_early:  # a resumed run that had stopped early stays stopped, as the uninterrupted run did
+            break
         t0 = time.perf_counter()
         epoch_batches = list(batches(train_ids, train_ds.labels, config.batch_size, shuffle=True,
                                      generator=epoch_generator(config.seed, epoch), bucket=config.bucket))
@@ -164,32 +176,37 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
         if start == 0:
             progress_state.update(loss_sum=0.0, correct=0, seen=0)
         bar = _progress(len(epoch_batches), start, f"epoch {epoch + 1}/{config.epochs}", show_bar)
-        step = start
+        done = start  # steps of this epoch whose update is applied and counted
         try:
-            for step in range(start, len(epoch_batches)):
-                x, lengths, y = (t.to(config.device) for t in epoch_batches[step])
-                logits = model(x, lengths)  # forward
-                loss = F.cross_entropy(logits, y)  # loss
-                if not torch.isfinite(loss):
-                    raise UserError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower "
-                                    f"--lr (now {config.lr:g}) or clip gradients (--clip 1); the last good "
-                                    f"checkpoint is kept", path=out)
-                loss.backward()  # backward (autograd, or the hand BPTT inside the cell)
-                if config.clip:
-                    clip_grad_norm(params, config.clip)  # clip
-                optimizer.step()  # step
-                optimizer.zero_grad()
-                progress_state["loss_sum"] += loss.item() * len(y)
-                progress_state["correct"] += int((logits.argmax(1) == y).sum())
-                progress_state["seen"] += len(y)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{progress_state['loss_sum'] / progress_state['seen']:.4f}")
-        except KeyboardInterrupt:  # keep what was done: the next --resume continues from this step
+            with _HeldCtrlC() as ctrl_c:
+                for step in range(start, len(epoch_batches)):
+                    ctrl_c.check()  # a Ctrl-C pressed during the previous step stops here, between steps
+                    x, lengths, y = (t.to(config.device) for t in epoch_batches[step])
+                    logits = model(x, lengths)  # forward
+                    loss = F.cross_entropy(logits, y)  # loss
+                    _check_finite("loss", loss.item(), epoch, step, config, out)
+                    loss.backward()  # backward (autograd, or the hand BPTT inside the cell)
+                    if config.clip:
+                        norm = clip_grad_norm(params, config.clip)  # clip
+                        _check_finite("gradient norm", norm.item(), epoch, step, config, out)  # before it reaches W
+                    optimizer.step()  # step
+                    optimizer.zero_grad()
+                    progress_state["loss_sum"] += loss.item() * len(y)
+                    progress_state["correct"] += int((logits.argmax(1) == y).sum())
+                    progress_state["seen"] += len(y)
+                    done = step + 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{progress_state['loss_sum'] / progress_state['seen']:.4f}")
+                ctrl_c.check()  # pressed during the epoch's last step
+        except KeyboardInterrupt:  # keep what was done: the next --resume continues from step `done`
             if bar is not None:
                 bar.close()
-            save(checkpoint.LAST, epoch=epoch, step=step)
-            log(f"interrupted at epoch {epoch + 1}, step {step}; saved {out / checkpoint.LAST}; continue with --resume")
+            if ctrl_c.forced:
+                log(f"stopped without saving; {out / checkpoint.LAST} holds the end of an earlier epoch")
+                raise
+            save(checkpoint.LAST, epoch=epoch, step=done)
+            log(f"interrupted at epoch {epoch + 1}, step {done}; saved {out / checkpoint.LAST}; continue with --resume")
             raise
         if bar is not None:
             bar.close()
@@ -202,6 +219,7 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
         history.append(row)
         log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
             f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  ({row['seconds']:.1f}s)")
+        _check_finite("validation loss", val["loss"], epoch, None, config, out)  # before anything is saved
         progress_state.update(epoch=epoch + 1, step=0)
         if val["loss"] < progress_state["best_val_loss"]:
             progress_state.update(best_val_loss=val["loss"], bad_epochs=0)
@@ -229,6 +247,46 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
     return TrainResult(out, history, test, model, files, stopped_early)
 
 
+class _HeldCtrlC:
+    """Hold Ctrl-C (SIGINT) until `check()`, so a training step is never cut in half.
+
+    The first Ctrl-C only sets `pressed`; `check()`, called between steps, then raises KeyboardInterrupt.
+    A second Ctrl-C raises at once and sets `forced` (the step under way may be half done: save nothing).
+    Outside the main thread, where Python cannot catch signals, Ctrl-C is left as it is.
+    """
+
+    def __enter__(self):
+        self.pressed = self.forced = False
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame):
+        if self.pressed:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info):
+        if self.installed:  # None: a handler set outside Python, which Python cannot put back
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+        return False
+
+
+def _check_finite(what: str, value: float, epoch: int, step: int | None, config: Config, out: Path) -> None:
+    """Stop on a NaN or inf, before it reaches a checkpoint; the files on disk keep the last good weights."""
+    if not math.isfinite(value):
+        when = f"at epoch {epoch + 1}, step {step + 1}" if step is not None else f"after epoch {epoch + 1}"
+        raise UserError(f"the {what} became {value} {when}; lower --lr (now "
+                        f"{config.lr:g}) or clip gradients (e.g. --clip 1); the last good checkpoint is kept",
+                        path=out)
+
+
 def _progress(total: int, start: int, desc: str, show: bool):
     if not show:
         return None
@@ -238,6 +296,9 @@ def _progress(total: int, start: int, desc: str, show: bool):
 
 
 def _resume(out: Path, config: Config, vocab: Vocab, label_names, model, optimizer, log) -> dict:
+    if not (out / checkpoint.LAST).is_file():
+        raise UserError("nothing to resume: no last.pt here; drop --resume to start a new run, or pass the "
+                        "run's folder as --out", path=out / checkpoint.LAST)
     _, saved_config, saved_vocab, saved_labels, ckpt = checkpoint.load_model(out, checkpoint.LAST)
     if saved_config.to_dict() != config.to_dict():
         changed = sorted(k for k, v in config.to_dict().items() if saved_config.to_dict().get(k) != v)
