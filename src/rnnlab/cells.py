@@ -36,6 +36,8 @@ from types import SimpleNamespace
 
 import torch
 
+from rnnlab.gemm import linear_into
+
 State = tuple[torch.Tensor, ...]  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
 
 
@@ -87,7 +89,7 @@ class Cell:
         and the cell's own (gates, candidates)."""
         H, GH = self.hidden_size, self.n_gates * self.hidden_size
         new = like.new_empty
-        buf = Buffers(W_t=self.W.detach().t(), h=new(T + 1, B, H))
+        buf = Buffers(W=self.W.detach(), h=new(T + 1, B, H))
         if self.name == "lstm":
             buf.c, buf.gates, buf.tanh_c = new(T + 1, B, H), new(T, B, GH), new(T, B, H)
         if self.name == "gru":
@@ -100,7 +102,7 @@ class Cell:
         """What the backward writes: dp_t and dgh_t for every t, and ds_{t-1} (and dc) for the current t."""
         H, GH = self.hidden_size, self.n_gates * self.hidden_size
         new = buf.h.new_empty
-        buf.W, buf.dp, buf.dh_prev = self.W.detach(), new(T, B, GH), new(B, H)
+        buf.W_T, buf.dp, buf.dh_prev = self.W.detach().t().contiguous(), new(T, B, GH), new(B, H)  # W^T (H, GH)
         buf.dgh = new(T, B, GH) if self.name == "gru" else buf.dp  # the same for RNN and LSTM
         if self.n_states == 2:
             buf.dc = new(B, H)
@@ -137,7 +139,7 @@ class RNNCell(Cell):
 
     # -- hand-written BPTT ------------------------------------------------------------------------------
     def forward_t(self, t: int, p_t: torch.Tensor, buf: Buffers) -> None:
-        s = torch.addmm(p_t, buf.h[t], buf.W_t, out=buf.h[t + 1])  # a_t = U x_t + b + W s_{t-1}
+        s = linear_into(buf.h[t + 1], buf.h[t], buf.W, add=p_t)  # a_t = U x_t + b + W s_{t-1}
         s.tanh_() if self.phi == "tanh" else s.relu_()  # s_t = phi(a_t), in place
 
     def local_derivatives(self, buf: Buffers) -> None:
@@ -146,7 +148,7 @@ class RNNCell(Cell):
 
     def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
         torch.mul(dh, buf.dphi[t], out=buf.dp[t])  # da_t = ds_t * phi'(a_t);  dp_t = dgh_t = da_t
-        torch.mm(buf.dp[t], buf.W, out=buf.dh_prev)  # ds_{t-1} = W^T da_t
+        linear_into(buf.dh_prev, buf.dp[t], buf.W_T)  # ds_{t-1} = W^T da_t
 
 
 class LSTMCell(Cell):
@@ -186,7 +188,7 @@ class LSTMCell(Cell):
     # -- hand-written BPTT ------------------------------------------------------------------------------
     def forward_t(self, t: int, p_t: torch.Tensor, buf: Buffers) -> None:
         H = self.hidden_size
-        z = torch.addmm(p_t, buf.h[t], buf.W_t, out=buf.gates[t])  # pre-activations, then gates in place
+        z = linear_into(buf.gates[t], buf.h[t], buf.W, add=p_t)  # pre-activations, then gates in place
         z[:, : 2 * H].sigmoid_()  # i, f
         z[:, 2 * H : 3 * H].tanh_()  # g
         z[:, 3 * H :].sigmoid_()  # o
@@ -210,7 +212,7 @@ class LSTMCell(Cell):
         dz = buf.dp[t]  # (B, 4H)
         torch.mul(buf.ifg_factor[t].view(B, 3, H), dc.unsqueeze(1), out=dz[:, : 3 * H].view(B, 3, H))  # dz_i,f,g
         torch.mul(dh, buf.o_factor[t], out=dz[:, 3 * H :])  # dz_o
-        torch.mm(dz, buf.W, out=buf.dh_prev)  # dh_{t-1} = W^T dz
+        linear_into(buf.dh_prev, dz, buf.W_T)  # dh_{t-1} = W^T dz
         dc.mul_(buf.f[t])  # dc_{t-1} = dc f
 
 
@@ -257,7 +259,7 @@ class GRUCell(Cell):
     def forward_t(self, t: int, p_t: torch.Tensor, buf: Buffers) -> None:
         H = self.hidden_size
         h_prev = buf.h[t]
-        gh = torch.addmm(buf.b_h, h_prev, buf.W_t, out=buf.gh[t])  # W h_{t-1} + [0, 0, b_hn]   (B, 3H)
+        gh = linear_into(buf.gh[t], h_prev, buf.W, add=buf.b_h)  # W h_{t-1} + [0, 0, b_hn]   (B, 3H)
         rz = torch.add(p_t[:, : 2 * H], gh[:, : 2 * H], out=buf.rz[t]).sigmoid_()  # r, z
         r, z = rz[:, :H], rz[:, H:]
         n = torch.addcmul(p_t[:, 2 * H :], r, gh[:, 2 * H :], out=buf.n[t]).tanh_()  # n_t
@@ -278,7 +280,7 @@ class GRUCell(Cell):
         dgh = buf.dgh[t]
         dgh[:, : 2 * H].copy_(dp[:, : 2 * H])  # dgh = [dr_pre, dz_pre, dn_pre * r]
         torch.mul(dp[:, 2 * H :], buf.r[t], out=dgh[:, 2 * H :])
-        torch.addcmul(torch.mm(dgh, buf.W, out=buf.dh_prev), dh, buf.z[t], out=buf.dh_prev)  # dh z + W^T dgh
+        linear_into(buf.dh_prev, dgh, buf.W_T).addcmul_(dh, buf.z[t])  # dh_{t-1} = W^T dgh + dh z
 
 
 CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from rnnlab.cells import Buffers, Cell, State, make_cell
+from rnnlab.gemm import linear
 
 BACKWARDS = ("autograd", "manual")
 
@@ -53,14 +54,12 @@ def _input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
     Token ids (B, T) select columns of U: U @ onehot(id) == U[:, id]. The lookup gives the same
     numbers as the one-hot product (a test checks it) without building a (V, B*T) one-hot matrix.
     """
-    U_t = cell.U.t()  # (E, G*H)
     if x.dtype in (torch.int64, torch.int32):
-        p = U_t[x.t()]  # (T, B, G*H): column lookup of U
+        p = cell.U.t()[x.t()]  # (T, B, G*H): column lookup of U
         return p if cell.b is None else p + cell.b
-    x_tm = x.transpose(0, 1)  # (T, B, E)
-    if cell.b is None:
-        return x_tm @ U_t
-    return torch.addmm(cell.b, x_tm.reshape(-1, x.shape[-1]), U_t).view(x_tm.shape[0], x_tm.shape[1], -1)
+    B, T, E = x.shape
+    x_tm = x.transpose(0, 1).reshape(T * B, E)  # (T*B, E), time-major
+    return linear(x_tm, cell.U, cell.b).view(T, B, -1)  # one matmul for every step
 
 
 def _keep_padded(mask_t: torch.Tensor | None, new: State, old: State) -> State:
@@ -161,16 +160,16 @@ class _ManualBPTT(torch.autograd.Function):
             dh, buf.dh_prev = buf.dh_prev, dh
         # weight gradients: one matmul each over all steps
         dp, dgh = buf.dp.view(-1, GH), buf.dgh.view(-1, GH)
-        grads = {"W": dgh.t() @ buf.h[:-1].reshape(-1, H)}  # dW = sum_t dgh_t^T s_{t-1}
+        grads = {"W": linear(dgh.t(), buf.h[:-1].reshape(-1, H).t())}  # dW = sum_t dgh_t^T s_{t-1}
         dx = None
         if x.dtype in (torch.int64, torch.int32):  # dU[:, id] += dp_t for each token id
             dU_t = dp.new_zeros(cell.input_size, GH).index_add_(0, x.t().reshape(-1), dp)
             grads["U"] = dU_t.t()
         else:
             x_tm = x.transpose(0, 1).reshape(-1, x.shape[-1])  # (T*B, E), time-major like dp
-            grads["U"] = dp.t() @ x_tm  # dU = sum_t dp_t^T x_t
+            grads["U"] = linear(dp.t(), x_tm.t())  # dU = sum_t dp_t^T x_t
             if ctx.needs_input_grad[1]:
-                dx = (dp @ cell.U.detach()).view(T, B, -1).transpose(0, 1)  # dx_t = U^T dp_t
+                dx = linear(dp, cell.U.detach().t().contiguous()).view(T, B, -1).transpose(0, 1)  # dx_t = U^T dp_t
         if cell.b is not None:
             grads["b"] = dp.sum(dim=0)  # db = sum_t dp_t
         if getattr(cell, "b_hn", None) is not None:
