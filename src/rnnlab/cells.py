@@ -36,7 +36,7 @@ from types import SimpleNamespace
 
 import torch
 
-from rnnlab.gemm import linear_into
+from rnnlab.gemm import addmm_, linear_into
 
 State = tuple[torch.Tensor, ...]  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
 
@@ -84,18 +84,22 @@ class Cell:
     # names of the buffers that `local_derivatives` leaves for the backward pass (the rest is freed)
     saved: tuple[str, ...] = ("h",)
 
-    def buffers(self, T: int, B: int, like: torch.Tensor) -> Buffers:
-        """What the manual forward writes, allocated once per pass: the states h (and c) for s_0..s_T
-        and the cell's own (gates, candidates)."""
-        H, GH = self.hidden_size, self.n_gates * self.hidden_size
-        new = like.new_empty
+    def buffers(self, p: torch.Tensor) -> Buffers:
+        """What the manual forward writes, allocated once per pass, given p (T, B, G*H) = U x_t + b for
+        every t: the states h (and c) for s_0..s_T and the cell's own (gates, candidates). Where a
+        buffer starts as p_t, each step adds W s_{t-1} in place: no copy per step."""
+        T, B, GH = p.shape
+        H = self.hidden_size
+        new = p.new_empty
         buf = Buffers(W=self.W.detach(), h=new(T + 1, B, H))
+        if self.name == "rnn":
+            buf.h[1:] = p  # a_t starts as U x_t + b
         if self.name == "lstm":
-            buf.c, buf.gates, buf.tanh_c = new(T + 1, B, H), new(T, B, GH), new(T, B, H)
+            buf.gates, buf.c, buf.tanh_c = p, new(T + 1, B, H), new(T, B, H)  # gates start as U x_t + b
         if self.name == "gru":
-            buf.gh, buf.rz, buf.n = new(T, B, GH), new(T, B, 2 * H), new(T, B, H)
-            b_hn = self.b_hn.detach() if self.b_hn is not None else like.new_zeros(H)
-            buf.b_h = torch.cat((like.new_zeros(2 * H), b_hn))  # [0, 0, b_hn]
+            b_hn = self.b_hn.detach() if self.b_hn is not None else p.new_zeros(H)
+            buf.p, buf.rz, buf.n = p, new(T, B, 2 * H), new(T, B, H)
+            buf.gh = torch.cat((p.new_zeros(2 * H), b_hn)).expand(T, B, GH).clone()  # starts as [0, 0, b_hn]
         return buf
 
     def scratch(self, buf: Buffers, T: int, B: int) -> Buffers:
@@ -138,8 +142,8 @@ class RNNCell(Cell):
         return (torch.tanh(a) if self.phi == "tanh" else torch.relu(a),)  # s_t = phi(a_t)
 
     # -- hand-written BPTT ------------------------------------------------------------------------------
-    def forward_t(self, t: int, p_t: torch.Tensor, buf: Buffers) -> None:
-        s = linear_into(buf.h[t + 1], buf.h[t], buf.W, add=p_t)  # a_t = U x_t + b + W s_{t-1}
+    def forward_t(self, t: int, buf: Buffers) -> None:
+        s = addmm_(buf.h[t + 1], buf.h[t], buf.W)  # a_t = (U x_t + b) + W s_{t-1}
         s.tanh_() if self.phi == "tanh" else s.relu_()  # s_t = phi(a_t), in place
 
     def local_derivatives(self, buf: Buffers) -> None:
@@ -148,7 +152,7 @@ class RNNCell(Cell):
 
     def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
         torch.mul(dh, buf.dphi[t], out=buf.dp[t])  # da_t = ds_t * phi'(a_t);  dp_t = dgh_t = da_t
-        linear_into(buf.dh_prev, buf.dp[t], buf.W_T)  # ds_{t-1} = W^T da_t
+        buf.dh_prev = linear_into(buf.dh_prev, buf.dp[t], buf.W_T)  # ds_{t-1} = W^T da_t
 
 
 class LSTMCell(Cell):
@@ -186,9 +190,9 @@ class LSTMCell(Cell):
         return h, c
 
     # -- hand-written BPTT ------------------------------------------------------------------------------
-    def forward_t(self, t: int, p_t: torch.Tensor, buf: Buffers) -> None:
+    def forward_t(self, t: int, buf: Buffers) -> None:
         H = self.hidden_size
-        z = linear_into(buf.gates[t], buf.h[t], buf.W, add=p_t)  # pre-activations, then gates in place
+        z = addmm_(buf.gates[t], buf.h[t], buf.W)  # (U x_t + b) + W h_{t-1}, then the gates in place
         z[:, : 2 * H].sigmoid_()  # i, f
         z[:, 2 * H : 3 * H].tanh_()  # g
         z[:, 3 * H :].sigmoid_()  # o
@@ -212,7 +216,7 @@ class LSTMCell(Cell):
         dz = buf.dp[t]  # (B, 4H)
         torch.mul(buf.ifg_factor[t].view(B, 3, H), dc.unsqueeze(1), out=dz[:, : 3 * H].view(B, 3, H))  # dz_i,f,g
         torch.mul(dh, buf.o_factor[t], out=dz[:, 3 * H :])  # dz_o
-        linear_into(buf.dh_prev, dz, buf.W_T)  # dh_{t-1} = W^T dz
+        buf.dh_prev = linear_into(buf.dh_prev, dz, buf.W_T)  # dh_{t-1} = W^T dz
         dc.mul_(buf.f[t])  # dc_{t-1} = dc f
 
 
@@ -256,10 +260,10 @@ class GRUCell(Cell):
         return ((1 - z) * n + z * h_prev,)  # h_t
 
     # -- hand-written BPTT ------------------------------------------------------------------------------
-    def forward_t(self, t: int, p_t: torch.Tensor, buf: Buffers) -> None:
+    def forward_t(self, t: int, buf: Buffers) -> None:
         H = self.hidden_size
-        h_prev = buf.h[t]
-        gh = linear_into(buf.gh[t], h_prev, buf.W, add=buf.b_h)  # W h_{t-1} + [0, 0, b_hn]   (B, 3H)
+        h_prev, p_t = buf.h[t], buf.p[t]
+        gh = addmm_(buf.gh[t], h_prev, buf.W)  # [0, 0, b_hn] + W h_{t-1}   (B, 3H)
         rz = torch.add(p_t[:, : 2 * H], gh[:, : 2 * H], out=buf.rz[t]).sigmoid_()  # r, z
         r, z = rz[:, :H], rz[:, H:]
         n = torch.addcmul(p_t[:, 2 * H :], r, gh[:, 2 * H :], out=buf.n[t]).tanh_()  # n_t
@@ -280,7 +284,7 @@ class GRUCell(Cell):
         dgh = buf.dgh[t]
         dgh[:, : 2 * H].copy_(dp[:, : 2 * H])  # dgh = [dr_pre, dz_pre, dn_pre * r]
         torch.mul(dp[:, 2 * H :], buf.r[t], out=dgh[:, 2 * H :])
-        linear_into(buf.dh_prev, dgh, buf.W_T).addcmul_(dh, buf.z[t])  # dh_{t-1} = W^T dgh + dh z
+        buf.dh_prev = linear_into(buf.dh_prev, dgh, buf.W_T).addcmul_(dh, buf.z[t])  # dh_{t-1} = W^T dgh + dh z
 
 
 CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}

@@ -51,11 +51,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
 
 
-def linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor | None = None):
-    """out = add + x @ weight^T (add may be None), written into the preallocated `out`; returns out."""
+def addmm_(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """out += x @ weight^T, in place; returns out."""
     if _use_onednn(x, weight):
-        y = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-        return torch.add(add, y, out=out) if add is not None else out.copy_(y)
-    if add is None:
-        return torch.mm(x, weight.t(), out=out)
-    return torch.addmm(add, x, weight.t(), out=out)
+        return out.add_(torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
+    return out.addmm_(x, weight.t())
+
+
+def linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight^T, written into the preallocated `out` for small products; large products return a
+    new tensor instead (oneDNN's op cannot write into `out`, and a copy would cost more). Use the result."""
+    if _use_onednn(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    return torch.mm(x, weight.t(), out=out)

@@ -108,12 +108,12 @@ class _ManualBPTT(torch.autograd.Function):
         state = state_and_params[:n_states]
         B, T = x.shape[:2]
         p = _input_projection(cell, x)  # (T, B, G*H): U x_t + b for every t
-        buf = cell.buffers(T, B, p)
+        buf = cell.buffers(p)
         buf.h[0] = state[0]
         if n_states == 2:
             buf.c[0] = state[1]
         for t in range(T):
-            cell.forward_t(t, p[t], buf)  # writes s_t into buf.h[t + 1] (and c_t into buf.c[t + 1])
+            cell.forward_t(t, buf)  # writes s_t into buf.h[t + 1] (and c_t into buf.c[t + 1])
             if mask is not None:  # padded rows keep s_{t-1}
                 torch.where(mask[t], buf.h[t + 1], buf.h[t], out=buf.h[t + 1])
                 if n_states == 2:
