@@ -10,8 +10,9 @@ same batches; the first losses of both must agree before anything is timed. Each
 up, then timed over `--steps` steps, `--repeats` times, interleaved; the median is reported.
 
 Also printed per row:
-- peak memory of one training step (MB): the rise of the process's resident-set high-water mark
-  during the step, each variant measured in a fresh subprocess (`--memory`, on by default);
+- peak memory of a training step (MB): the most memory the step's tensors take at once, above what
+  was allocated before it (the profiler's memory timeline on the CPU, max_memory_allocated on CUDA;
+  `--no-memory` skips it);
 - the matmul-bound limit: the tokens/s the step would reach if it did nothing but its GEMMs, timed
   with `torch.mm` at the step's own shapes in this run, and the percent of it that rnnlab reaches.
 
@@ -25,11 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -198,35 +198,33 @@ def gemm_seconds(w: Workload, device, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-# -- peak memory, in a fresh process per variant ---------------------------------------------------------
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def peak_memory_child(w: Workload, variant: str, device) -> float:
-    """Run in a subprocess: rise of the RSS high-water mark over two training steps (MB)."""
+# -- peak memory of one step ---------------------------------------------------------------------------
+def peak_memory(w: Workload, variant: str, device) -> float:
+    """MB allocated at the peak of one training step, above what was allocated before it (weights,
+    gradients from the warm-up step). CPU: the profiler's memory timeline, which sees every tensor
+    allocation; CUDA: torch.cuda.max_memory_allocated."""
     modules, torch_step = build_torch(w, device)
     step = torch_step if variant == "torch" else build_rnnlab(w, modules, variant, device)[1]
     ids, y = batch(w, device)
+    step(ids, y)  # warm-up: gradients exist, one-time workspaces are made
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         step(ids, y)
-        step(ids, y)
+        torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    before = _maxrss_mb()
-    step(ids, y)
-    step(ids, y)
-    return _maxrss_mb() - before
+    from torch.profiler import ProfilerActivity, profile
 
-
-def peak_memory(w: Workload, variant: str, device) -> float | None:
-    cmd = [sys.executable, __file__, "--_memory-child", json.dumps(asdict(w)), variant, "--device", str(device)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-    if r.returncode != 0:
-        print(f"memory probe failed for {w.cell} H={w.hidden} {variant}: {r.stderr.strip()[-300:]}", file=sys.stderr)
-        return None
-    return float(r.stdout.strip().splitlines()[-1])
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step(ids, y)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = os.path.join(tmp, "timeline.json")
+        prof.export_memory_timeline(path, device="cpu")
+        _, sizes = json.load(open(path))
+    totals = [sum(s) for s in sizes]
+    return (max(totals) - totals[0]) / 2**20
 
 
 # -- one workload ------------------------------------------------------------------------------------------
@@ -281,15 +279,10 @@ def main(argv=None) -> list[Row]:
     p.add_argument("--device", default="cpu")
     p.add_argument("--tiny", action="store_true", help="tiny sizes, one repeat: checks the benchmark runs")
     p.add_argument("--json", help="also write the rows as JSON to this file")
-    p.add_argument("--_memory-child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if args._memory_child:
-        w = Workload(**json.loads(args._memory_child[0]))
-        print(peak_memory_child(w, args._memory_child[1], device))
-        return []
     if args.tiny:
         args.hidden, args.batch, args.length, args.vocab = [8], 4, 5, 50
         args.steps, args.repeats, args.warmup, args.memory = 2, 1, 1, False

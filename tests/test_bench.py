@@ -48,8 +48,10 @@ def test_the_maths_check_catches_a_mismatch(monkeypatch):
         bench_train.check_same_maths(w, __import__("torch").device("cpu"))
 
 
-def test_memory_probe_runs_in_a_subprocess():
-    w = bench_train.Workload("rnn", 8, batch=3, length=4, vocab=20)
+def test_peak_memory_sees_the_step():
+    """The measured peak grows with the batch: it sees the step's tensors."""
+    cpu = __import__("torch").device("cpu")
     for variant in ("torch", "manual"):
-        mb = bench_train.peak_memory(w, variant, __import__("torch").device("cpu"))
-        assert mb is not None and mb >= 0
+        small = bench_train.peak_memory(bench_train.Workload("gru", 16, batch=4, length=8, vocab=50), variant, cpu)
+        large = bench_train.peak_memory(bench_train.Workload("gru", 16, batch=64, length=8, vocab=50), variant, cpu)
+        assert 0 < small < large

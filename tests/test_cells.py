@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnlab.recurrent import Recurrent, from_torch, unroll
+from rnnlab.recurrent import Recurrent, from_torch, retain_buffers, unroll
 
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -156,7 +156,8 @@ def test_hand_bptt_passes_gradcheck_with_masks(kind, token_ids):
         states, weights = tensors[: len(h0)], tensors[len(h0) :]
         for n, w in zip(names, weights):
             setattr(layer.cell, n, w)
-        out, final = unroll(layer.cell, x, states, lengths, backward="manual")
+        with retain_buffers():  # gradcheck backpropagates through the same graph many times
+            out, final = unroll(layer.cell, x, states, lengths, backward="manual")
         return (out, *final)
 
     inputs = ([x] if token_ids else [x.requires_grad_()]) + [h.requires_grad_() for h in h0]
@@ -256,8 +257,26 @@ def test_gradcheck_catches_a_wrong_backward(monkeypatch):
 
     def off_by_a_bit(self, t, dh, buf):
         original(self, t, dh, buf)
-        buf.dgh[t].mul_(1.001)  # a 0.1% error in what becomes dW
+        buf.dgh_n[t].mul_(1.001)  # a 0.1% error in what becomes dW_n and db_hn
 
     monkeypatch.setattr(GRUCell, "backward_t", off_by_a_bit)
     assert gradcheck.report("gru", log=lambda _: None) is False
     assert gradcheck.report("lstm", log=lambda _: None) is True
+
+
+def test_manual_backward_twice_needs_retain_buffers():
+    layer = Recurrent("lstm", 3, 4, backward="manual", dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    out, _ = layer(x)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_buffers"):
+        out.sum().backward()
+    with retain_buffers():
+        out, _ = layer(x)
+    for p in layer.parameters():
+        p.grad = None
+    out.sum().backward(retain_graph=True)
+    first = [p.grad.clone() for p in layer.parameters()]
+    out.sum().backward()  # accumulates the same gradient again
+    for g1, p in zip(first, layer.parameters()):
+        torch.testing.assert_close(p.grad, 2 * g1)

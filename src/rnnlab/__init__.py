@@ -12,8 +12,8 @@ from rnnlab.cells import GRUCell, LSTMCell, RNNCell, make_cell
 from rnnlab.config import Config
 from rnnlab.errors import UserError
 from rnnlab.model import Classifier
-from rnnlab.recurrent import Recurrent, from_torch, unroll
+from rnnlab.recurrent import Recurrent, from_torch, retain_buffers, unroll
 
 __all__ = ["Classifier", "Config", "GRUCell", "LSTMCell", "RNNCell", "Recurrent", "UserError", "from_torch",
-           "make_cell", "unroll"]
+           "make_cell", "retain_buffers", "unroll"]
 __version__ = "0.1.0"

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 
 import torch
 
-from rnnlab.gemm import addmm_, linear_into
+from rnnlab.gemm import addmm_, linear, linear_into
 
 State = tuple[torch.Tensor, ...]  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
 
@@ -102,15 +102,26 @@ class Cell:
             buf.gh = torch.cat((p.new_zeros(2 * H), b_hn)).expand(T, B, GH).clone()  # starts as [0, 0, b_hn]
         return buf
 
-    def scratch(self, buf: Buffers, T: int, B: int) -> Buffers:
-        """What the backward writes: dp_t and dgh_t for every t, and ds_{t-1} (and dc) for the current t."""
-        H, GH = self.hidden_size, self.n_gates * self.hidden_size
+    def scratch(self, buf: Buffers, T: int, B: int, reuse: bool) -> Buffers:
+        """What the backward writes: dp_t for every t, and ds_{t-1} (and dc) for the current t.
+        With `reuse`, dp is written in place over the saved local derivatives (step t's are read once,
+        just before they are overwritten), which saves a (T, B, G*H) buffer."""
+        H = self.hidden_size
         new = buf.h.new_empty
-        buf.W_T, buf.dp, buf.dh_prev = self.W.detach().t().contiguous(), new(T, B, GH), new(B, H)  # W^T (H, GH)
-        buf.dgh = new(T, B, GH) if self.name == "gru" else buf.dp  # the same for RNN and LSTM
-        if self.n_states == 2:
+        factors = buf.dphi if self.name == "rnn" else buf.factor
+        buf.dp = factors if reuse else factors.clone()
+        W = self.W.detach()
+        buf.W_T, buf.dh_prev = W.t().contiguous(), new(B, H)  # W^T (H, GH)
+        if self.name == "lstm":
             buf.dc = new(B, H)
+        if self.name == "gru":  # dh_{t-1} takes the r, z rows and the n rows of W separately
+            buf.W_T_rz, buf.W_T_n, buf.dgh_n = W[: 2 * H].t().contiguous(), W[2 * H :].t().contiguous(), new(T, B, H)
         return buf
+
+    def weight_grads(self, buf: Buffers, h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
+        """dW = sum_t dgh_t^T s_{t-1} in one matmul; h_prev is s_0..s_{T-1} as (T*B, H). For RNN and
+        LSTM dgh_t = dp_t."""
+        return {"W": linear(buf.dp.view(-1, buf.dp.shape[-1]).t(), h_prev.t())}
 
     def zero_state(self, B: int) -> State:
         H = self.hidden_size
@@ -151,7 +162,7 @@ class RNNCell(Cell):
         buf.dphi = 1 - s * s if self.phi == "tanh" else (s > 0).to(s.dtype)  # phi'(a_t) for every t at once
 
     def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
-        torch.mul(dh, buf.dphi[t], out=buf.dp[t])  # da_t = ds_t * phi'(a_t);  dp_t = dgh_t = da_t
+        buf.dp[t].mul_(dh)  # da_t = ds_t * phi'(a_t), in place over phi'(a_t);  dp_t = dgh_t = da_t
         buf.dh_prev = linear_into(buf.dh_prev, buf.dp[t], buf.W_T)  # ds_{t-1} = W^T da_t
 
 
@@ -175,7 +186,7 @@ class LSTMCell(Cell):
     name = "lstm"
     n_gates = 4
     n_states = 2
-    saved = ("h", "dc_dh", "ifg_factor", "o_factor", "f")
+    saved = ("h", "factor", "dc_dh", "f")
 
     def step(self, p_t: torch.Tensor, state: State) -> State:
         h_prev, c_prev = state
@@ -202,20 +213,25 @@ class LSTMCell(Cell):
         torch.mul(o, buf.tanh_c[t], out=buf.h[t + 1])  # h_t = o * tanh(c_t)
 
     def local_derivatives(self, buf: Buffers) -> None:
-        """For every t at once: what each gate's pre-activation gradient is multiplied by."""
-        i, f, g, o = buf.gates.split(self.hidden_size, dim=2)  # (T, B, H) each
+        """For every t at once, over the gates in place: what each gate's pre-activation gradient is
+        multiplied by. Afterwards buf.factor (T, B, 4H) = [g i(1-i), c_{t-1} f(1-f), i(1-g^2), tanh(c) o(1-o)]."""
+        i, f, g, o = buf.gates.split(self.hidden_size, dim=2)  # (T, B, H) views
         tanh_c, c_prev = buf.tanh_c, buf.c[:-1]
-        buf.dc_dh = o * (1 - tanh_c * tanh_c)  # dc += dh * o (1 - tanh^2 c)
-        buf.ifg_factor = torch.cat((g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)), dim=2)  # x dc
-        buf.o_factor = tanh_c * o * (1 - o)  # x dh
+        buf.dc_dh = o * (1 - tanh_c * tanh_c)  # dc += dh o (1 - tanh^2 c)
         buf.f = f.clone()  # dc_{t-1} = dc f
+        i_copy = i.clone()
+        i.mul_(1 - i).mul_(g)  # x dc -> dz_i
+        f.mul_(1 - f).mul_(c_prev)  # x dc -> dz_f
+        g.mul_(g).neg_().add_(1).mul_(i_copy)  # x dc -> dz_g
+        o.mul_(1 - o).mul_(tanh_c)  # x dh -> dz_o
+        buf.factor = buf.gates
 
     def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
         B, H = dh.shape
         dc = buf.dc.addcmul_(dh, buf.dc_dh[t])  # dc = dc_t + dh o (1 - tanh^2 c)
-        dz = buf.dp[t]  # (B, 4H)
-        torch.mul(buf.ifg_factor[t].view(B, 3, H), dc.unsqueeze(1), out=dz[:, : 3 * H].view(B, 3, H))  # dz_i,f,g
-        torch.mul(dh, buf.o_factor[t], out=dz[:, 3 * H :])  # dz_o
+        dz = buf.dp[t]  # (B, 4H), in place over the factors of step t
+        dz[:, : 3 * H].view(B, 3, H).mul_(dc.unsqueeze(1))  # dz_i, dz_f, dz_g = dc x factors
+        dz[:, 3 * H :].mul_(dh)  # dz_o = dh x factor
         buf.dh_prev = linear_into(buf.dh_prev, dz, buf.W_T)  # dh_{t-1} = W^T dz
         dc.mul_(buf.f[t])  # dc_{t-1} = dc f
 
@@ -241,7 +257,7 @@ class GRUCell(Cell):
     name = "gru"
     n_gates = 3
     param_names = ("W", "U", "b", "b_hn")
-    saved = ("h", "factor", "r", "z")
+    saved = ("h", "factor", "rz")
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True, generator=None,
                  dtype=torch.float32, device=None):
@@ -270,21 +286,34 @@ class GRUCell(Cell):
         torch.lerp(n, h_prev, z, out=buf.h[t + 1])  # h_t = n + z (h_{t-1} - n) = (1 - z) n + z h_{t-1}
 
     def local_derivatives(self, buf: Buffers) -> None:
-        r, z = buf.rz.split(self.hidden_size, dim=2)  # (T, B, H) each
-        n, h_prev, gh_n = buf.n, buf.h[:-1], buf.gh[:, :, 2 * self.hidden_size :]
-        dn = (1 - z) * (1 - n * n)  # dn_pre = dh * (1 - z)(1 - n^2)
-        # dp = dh * [dn gh_n r (1 - r),  (h_{t-1} - n) z (1 - z),  dn]
-        buf.factor = torch.cat((dn * gh_n * r * (1 - r), (h_prev - n) * z * (1 - z), dn), dim=2)
-        buf.r, buf.z = r.clone(), z.clone()
+        """For every t at once, in place over gh and n: buf.factor (T, B, 3H) becomes
+        [dn gh_n r (1 - r),  (h_{t-1} - n) z (1 - z),  dn]  with dn = (1 - z)(1 - n^2), so dp = dh x factor."""
+        H = self.hidden_size
+        del buf.p  # U x_t + b is not needed any more: free it first
+        r, z = buf.rz.split(H, dim=2)  # (T, B, H) views
+        n, h_prev = buf.n, buf.h[:-1]
+        f_r, f_z, gh_n = buf.gh.split(H, dim=2)
+        torch.sub(h_prev, n, out=f_z).mul_(z).mul_(1 - z)  # (h_{t-1} - n) z (1 - z)
+        dn = n.mul_(n).neg_().add_(1).mul_(1 - z)  # dn = (1 - z)(1 - n^2), over n
+        torch.mul(dn, gh_n, out=f_r).mul_(r).mul_(1 - r)  # dn (W_n h_{t-1} + b_hn) r (1 - r)
+        gh_n.copy_(dn)
+        buf.factor = buf.gh
 
     def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
         B, H = dh.shape
-        dp = buf.dp[t]  # (B, 3H)
-        torch.mul(buf.factor[t].view(B, 3, H), dh.unsqueeze(1), out=dp.view(B, 3, H))  # dr, dz, dn_pre
-        dgh = buf.dgh[t]
-        dgh[:, : 2 * H].copy_(dp[:, : 2 * H])  # dgh = [dr_pre, dz_pre, dn_pre * r]
-        torch.mul(dp[:, 2 * H :], buf.r[t], out=dgh[:, 2 * H :])
-        buf.dh_prev = linear_into(buf.dh_prev, dgh, buf.W_T).addcmul_(dh, buf.z[t])  # dh_{t-1} = W^T dgh + dh z
+        r, z = buf.rz[t, :, :H], buf.rz[t, :, H:]
+        dp = buf.dp[t]  # (B, 3H), in place over the factors of step t
+        dp.view(B, 3, H).mul_(dh.unsqueeze(1))  # dr_pre, dz_pre, dn_pre
+        dgh_n = torch.mul(dp[:, 2 * H :], r, out=buf.dgh_n[t])  # dgh = [dr_pre, dz_pre, dn_pre * r]
+        buf.dh_prev = linear_into(buf.dh_prev, dp[:, : 2 * H], buf.W_T_rz)  # W_rz^T [dr_pre, dz_pre]
+        addmm_(buf.dh_prev, dgh_n, buf.W_T_n).addcmul_(dh, z)  # dh_{t-1} = W^T dgh + dh z
+
+    def weight_grads(self, buf: Buffers, h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
+        H = self.hidden_size
+        dp_rz = buf.dp.view(-1, 3 * H)[:, : 2 * H]
+        dgh_n = buf.dgh_n.view(-1, H)
+        dW = torch.cat((linear(dp_rz.t(), h_prev.t()), linear(dgh_n.t(), h_prev.t())))  # dgh^T s_{t-1}
+        return {"W": dW, "b_hn": dgh_n.sum(dim=0)}  # b_hn enters with W_n s_{t-1}
 
 
 CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}

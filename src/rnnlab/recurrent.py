@@ -20,12 +20,18 @@ BPTT, for gradients ds_t arriving from the loss (through the outputs and the fin
                     ds_{t-1} = dgh_t @ W + direct path           (the cell's own dependence on s_{t-1})
     dW = sum_t dgh_t^T s_{t-1}     dU = sum_t dp_t^T x_t     db = sum_t dp_t       (one matmul each)
 
+The manual backward writes each dp_t over the local derivatives of step t as soon as it has read
+them, so it holds no more memory than torch.nn; the price is one backward per forward, unless the
+forward runs inside `retain_buffers()`.
+
 `Recurrent` wraps this in the calling convention of `torch.nn.RNN` / `LSTM` / `GRU`, and converts
 weights to and from those modules (`from_torch`, `.to_torch()`).
 Left out: several layers, bidirectional layers, `proj_size`, PackedSequence objects (pass lengths).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -55,7 +61,7 @@ def _input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
     numbers as the one-hot product (a test checks it) without building a (V, B*T) one-hot matrix.
     """
     if x.dtype in (torch.int64, torch.int32):
-        p = cell.U.t()[x.t()]  # (T, B, G*H): column lookup of U
+        p = cell.U.t()[x.t()].contiguous()  # (T, B, G*H): column lookup of U
         return p if cell.b is None else p + cell.b
     B, T, E = x.shape
     x_tm = x.transpose(0, 1).reshape(T * B, E)  # (T*B, E), time-major
@@ -100,6 +106,22 @@ def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: tor
     return (out if mask is None else out * mask), state
 
 
+_retain_buffers = False
+
+
+@contextlib.contextmanager
+def retain_buffers():
+    """Manual forwards run inside keep their saved buffers through backward, so the graph can be
+    differentiated more than once (retain_graph=True, torch.autograd.gradcheck). Costs one extra
+    (T, B, G*H) buffer per backward; training does not need it."""
+    global _retain_buffers
+    previous, _retain_buffers = _retain_buffers, True
+    try:
+        yield
+    finally:
+        _retain_buffers = previous
+
+
 class _ManualBPTT(torch.autograd.Function):
     """Forward without autograd into preallocated buffers; backward is the hand-derived BPTT."""
 
@@ -107,8 +129,7 @@ class _ManualBPTT(torch.autograd.Function):
     def forward(ctx, cell: Cell, x, mask, n_states: int, *state_and_params):
         state = state_and_params[:n_states]
         B, T = x.shape[:2]
-        p = _input_projection(cell, x)  # (T, B, G*H): U x_t + b for every t
-        buf = cell.buffers(p)
+        buf = cell.buffers(_input_projection(cell, x))  # starts from U x_t + b for every t   (T, B, G*H)
         buf.h[0] = state[0]
         if n_states == 2:
             buf.c[0] = state[1]
@@ -119,7 +140,7 @@ class _ManualBPTT(torch.autograd.Function):
                 if n_states == 2:
                     torch.where(mask[t], buf.c[t + 1], buf.c[t], out=buf.c[t + 1])
         cell.local_derivatives(buf)  # the gates' local derivatives, for all steps at once
-        ctx.cell, ctx.mask = cell, mask
+        ctx.cell, ctx.mask, ctx.reuse = cell, mask, not _retain_buffers
         # saved through autograd, so they are freed after backward (kept only with retain_graph)
         ctx.save_for_backward(x, *(getattr(buf, name) for name in cell.saved))
         ctx.set_materialize_grads(False)
@@ -129,10 +150,15 @@ class _ManualBPTT(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, *d_final):
         cell, mask = ctx.cell, ctx.mask
-        x, *saved = ctx.saved_tensors
+        try:
+            x, *saved = ctx.saved_tensors
+        except RuntimeError as e:  # autograd's version counter: a second backward after the first reused them
+            raise RuntimeError("backward='manual' writes its gradients over its saved buffers, so it supports one "
+                               "backward per forward; run the forward inside `with rnnlab.retain_buffers():` "
+                               "to backpropagate twice (retain_graph=True, gradcheck)") from e
         buf = Buffers(**dict(zip(cell.saved, saved)))
         T, B, H = buf.h.shape[0] - 1, buf.h.shape[1], buf.h.shape[2]
-        cell.scratch(buf, T, B)
+        cell.scratch(buf, T, B, reuse=ctx.reuse)
         GH = cell.n_gates * H
         # gradients arriving at the final state; zeros where the caller did not use it
         dh = d_final[0].clone() if d_final[0] is not None else buf.h.new_zeros(B, H)
@@ -159,8 +185,8 @@ class _ManualBPTT(torch.autograd.Function):
                 buf.dc.add_(dc_keep)
             dh, buf.dh_prev = buf.dh_prev, dh
         # weight gradients: one matmul each over all steps
-        dp, dgh = buf.dp.view(-1, GH), buf.dgh.view(-1, GH)
-        grads = {"W": linear(dgh.t(), buf.h[:-1].reshape(-1, H).t())}  # dW = sum_t dgh_t^T s_{t-1}
+        dp = buf.dp.view(-1, GH)
+        grads = cell.weight_grads(buf, buf.h[:-1].reshape(-1, H))  # dW = sum_t dgh_t^T s_{t-1}
         dx = None
         if x.dtype in (torch.int64, torch.int32):  # dU[:, id] += dp_t for each token id
             dU_t = dp.new_zeros(cell.input_size, GH).index_add_(0, x.t().reshape(-1), dp)
@@ -172,8 +198,6 @@ class _ManualBPTT(torch.autograd.Function):
                 dx = linear(dp, cell.U.detach().t().contiguous()).view(T, B, -1).transpose(0, 1)  # dx_t = U^T dp_t
         if cell.b is not None:
             grads["b"] = dp.sum(dim=0)  # db = sum_t dp_t
-        if getattr(cell, "b_hn", None) is not None:
-            grads["b_hn"] = dgh[:, 2 * H :].sum(dim=0)  # GRU: b_hn enters with W_n s
         d_state0 = (dh, buf.dc.clone()) if cell.n_states == 2 else (dh,)
         d_params = [grads.get(n) if p is not None else None for n, p in zip(cell.param_names, cell.parameters())]
         return (None, dx, None, None, *d_state0, *d_params)
