@@ -14,7 +14,8 @@ Also printed per row:
   was allocated before it (the profiler's memory timeline on the CPU, max_memory_allocated on CUDA;
   `--no-memory` skips it);
 - the matmul-bound limit: the tokens/s the step would reach if it did nothing but its GEMMs, timed
-  with `torch.mm` at the step's own shapes in this run, and the percent of it that rnnlab reaches.
+  at the step's own shapes in this run with the fastest product available (`rnnlab.gemm.linear`),
+  and the percent of it that rnnlab reaches.
 
 Usage: python benchmarks/bench_train.py [--cells rnn lstm gru] [--hidden 32 128 512] [--json out.json]
        python benchmarks/bench_train.py --tiny        (seconds; what the test suite runs)
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from rnnlab.gemm import linear
 from rnnlab.model import Classifier
 from rnnlab.optim import SGD
 from rnnlab.recurrent import from_torch
@@ -164,9 +166,10 @@ def check_same_maths(w: Workload, device) -> None:
 
 # -- the matmul-bound limit ----------------------------------------------------------------------------
 def gemm_seconds(w: Workload, device, repeats: int = 5) -> float:
-    """Time of the step's matrix products alone, measured with torch.mm at the same shapes.
+    """Time of the step's matrix products alone, at the same shapes, with the fastest product this
+    torch offers here (`rnnlab.gemm.linear`: oneDNN for large float32 CPU products, else torch's).
 
-    Per step of T: forward s @ W^T (B,H)x(H,GH); backward dgh @ W (B,GH)x(GH,H). Once per batch: the
+    Per time step: forward s W^T (B,H)x(H,GH); backward dgh W (B,GH)x(GH,H). Once per batch: the
     input projection (BT,H)x(H,GH), dW (GH,BT)x(BT,H), dU (GH,BT)x(BT,H), dx (BT,GH)x(GH,H).
     """
     B, T, H, GH = w.batch, w.length, w.hidden, GATES[w.cell] * w.hidden
@@ -175,17 +178,14 @@ def gemm_seconds(w: Workload, device, repeats: int = 5) -> float:
     def r(*shape):
         return torch.randn(*shape, generator=g).to(device)
 
-    s, W, dgh = r(B, H), r(GH, H), r(B, GH)
-    X, dP, Ut = r(B * T, H), r(B * T, GH), r(H, GH)
-    per_step = [(s, W.t()), (dgh, W)]
-    per_batch = [(X, Ut), (dP.t(), X), (dP.t(), X), (dP, Ut.t())]
+    s, W, W_T, dgh = r(B, H), r(GH, H), r(H, GH), r(B, GH)
+    X, dP = r(B * T, H), r(B * T, GH)
+    products = [(s, W), (dgh, W_T)] * T + [(X, W), (dP.t(), X.t()), (dP.t(), X.t()), (dP, W_T)]
 
+    @torch.no_grad()
     def once():
-        for _ in range(T):
-            for a, b in per_step:
-                torch.mm(a, b)
-        for a, b in per_batch:
-            torch.mm(a, b)
+        for a, b in products:
+            linear(a, b)
 
     once()
     times = []

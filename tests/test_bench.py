@@ -55,3 +55,13 @@ def test_peak_memory_sees_the_step():
         small = bench_train.peak_memory(bench_train.Workload("gru", 16, batch=4, length=8, vocab=50), variant, cpu)
         large = bench_train.peak_memory(bench_train.Workload("gru", 16, batch=64, length=8, vocab=50), variant, cpu)
         assert 0 < small < large
+
+
+def test_rnnlab_bench_runs_the_benchmark_from_a_checkout():
+    from tests.conftest import REPO, run_cli
+
+    r = run_cli("bench", "--tiny", "--cells", "rnn", cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "ratio" in r.stdout and "rnn" in r.stdout
+    r = run_cli("lab", "--no-such-flag")
+    assert r.returncode == 2 and "unrecognized arguments" in r.stderr

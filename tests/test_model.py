@@ -79,3 +79,30 @@ def test_parameter_names_and_count():
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters().items()}
     assert shapes == {"W": (2, 2), "U": (2, 5), "b": (2,), "W_out": (2, 2), "b_out": (2,)}
     assert model.num_parameters() == 4 + 10 + 2 + 4 + 2
+
+
+def test_dropout_masks_scale_and_repeat():
+    from rnnlab.model import _dropout
+
+    x = torch.ones(200, 100)
+    y = _dropout(x, 0.3, torch.Generator().manual_seed(0))
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 0.3) < 0.02  # 20,000 draws: 0.02 is > 6 standard deviations
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))  # inverted dropout keeps E[x]
+    assert torch.equal(y, _dropout(x, 0.3, torch.Generator().manual_seed(0)))  # same generator, same mask
+    assert torch.equal(_dropout(x, 0.0, torch.Generator()), x)
+
+
+def test_dropout_is_training_only_and_same_for_both_backward_paths():
+    ids, lengths = torch.randint(0, 20, (6, 7)), torch.tensor([7, 3, 5, 1, 7, 2])
+    logits = {}
+    for backward in ("autograd", "manual"):
+        model = Classifier(20, 8, 3, cell="gru", embed_dim=5, backward=backward, seed=1, dtype=torch.float64)
+        plain = model(ids, lengths)
+        dropped = model(ids, lengths, dropout=(0.5, torch.Generator().manual_seed(4)))
+        assert not torch.allclose(plain, dropped)
+        torch.testing.assert_close(model.predict_proba(ids, lengths), torch.softmax(plain, -1))  # no dropout
+        dropped.sum().backward()
+        logits[backward] = (dropped.detach(), model.cell.W.grad.clone())
+    torch.testing.assert_close(logits["manual"][0], logits["autograd"][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logits["manual"][1], logits["autograd"][1], rtol=1e-10, atol=1e-12)

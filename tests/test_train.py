@@ -314,7 +314,7 @@ def test_empty_validation_split_is_a_user_error(tmp_path):
 
 
 # -- resume ---------------------------------------------------------------------------------------------
-RESUMED = tiny(epochs=3, optimizer="adam", lr=0.02)  # Adam: its moments must survive the interruption too
+RESUMED = tiny(epochs=3, optimizer="adam", lr=0.02, dropout=0.3)  # Adam moments and dropout masks must survive too
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,8 @@ def _add_train(sub) -> None:
     p.add_argument("--embed-dim", type=int, default=d.embed_dim,
                    help=f"embedding size; 0 feeds one-hot words to U (default {d.embed_dim})")
     p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help="vanilla RNN nonlinearity")
+    p.add_argument("--dropout", type=float, default=d.dropout,
+                   help="dropout on the embeddings and on s_T while training (default 0)")
     p.add_argument("--backward", choices=["autograd", "manual"], default=d.backward,
                    help="autograd, or manual (hand-written BPTT)")
     p.add_argument("--optimizer", choices=["sgd", "adagrad", "adam"], default=d.optimizer,
@@ -118,6 +120,7 @@ def cmd_train(args) -> int:
     from rnnlab.train import train
 
     config = Config(cell=args.cell, hidden=args.hidden, embed_dim=args.embed_dim or None, phi=args.phi,
+                    dropout=args.dropout,
                     backward=args.backward, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                     weight_decay=args.weight_decay, clip=args.clip or None, batch_size=args.batch_size,
                     epochs=args.epochs, patience=args.patience or None, lowercase=not args.no_lowercase,
@@ -220,6 +223,30 @@ def _stdin_lines() -> list[str]:
     return [line.removesuffix("\r") for line in lines if line.strip()]
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="training throughput against torch.nn + torch.optim (benchmarks/bench_train.py)",
+                       description="Runs benchmarks/bench_train.py of a source checkout; arguments after `bench` "
+                                   "go to it (e.g. rnnlab bench --cells rnn --hidden 128 --json out.json).",
+                       add_help=False)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    candidates = [Path.cwd() / "benchmarks" / "bench_train.py",
+                  Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"]
+    script = next((c for c in candidates if c.exists()), None)
+    if script is None:  # the benchmark uses torch.nn and torch.optim as baselines, so it is not in the package
+        raise UserError("benchmarks/bench_train.py not found; run `rnnlab bench` from a source checkout of rnnlab")
+    spec = importlib.util.spec_from_file_location("bench_train", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(args.bench_args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rnnlab", description="Recurrent networks written from their equations.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -228,11 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_bench(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = rest  # everything after `bench` belongs to the benchmark's own parser
+    elif rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
     except UserError as e:

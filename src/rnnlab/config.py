@@ -20,7 +20,8 @@ class Config:
     hidden: int = 128  # H: size of the hidden state s_t
     phi: str = "tanh"  # nonlinearity of the vanilla RNN: 'tanh' or 'relu'
     embed_dim: int | None = 128  # D: word embedding size; None feeds one-hot words straight into U (the lab)
-    backward: str = "autograd"  # 'autograd' (loss.backward through the loop) or 'manual' (hand-written BPTT)
+    dropout: float = 0.0  # training only: drop embedding entries and entries of s_T with this probability
+    backward: str = "manual"  # "manual" (hand-written BPTT, the faster) or "autograd" (loss.backward through the loop)
     # -- optimisation --
     optimizer: str = "adam"  # 'sgd', 'adagrad' or 'adam', all written by hand in optim.py
     lr: float = 2e-3  # learning rate
@@ -43,8 +44,8 @@ class Config:
     @classmethod
     def lab(cls, **overrides) -> Config:
         """The lab handout: n = 2, one-hot words, SGD with lr 0.1, 300 epochs, one sentence a step, seed 42."""
-        base = dict(cell="rnn", hidden=2, embed_dim=None, optimizer="sgd", lr=0.1, clip=None, batch_size=1,
-                    epochs=300, patience=None, lowercase=False, bucket=False, seed=42)
+        base = dict(cell="rnn", hidden=2, embed_dim=None, backward="autograd", optimizer="sgd", lr=0.1, clip=None,
+                    batch_size=1, epochs=300, patience=None, lowercase=False, bucket=False, seed=42)
         return cls(**{**base, **overrides})
 
     def validate(self) -> Config:
@@ -60,6 +61,8 @@ class Config:
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: use at least 1"),
             (self.embed_dim is None or self.embed_dim >= 1, f"--embed-dim {self.embed_dim}: use a positive size"),
             (self.clip is None or self.clip > 0, f"--clip {self.clip}: use a positive norm, or leave it out"),
+            (0 <= self.dropout < 1, f"--dropout {self.dropout}: use a probability in [0, 1), e.g. --dropout 0.5"),
+            (self.patience is None or self.patience >= 1, f"--patience {self.patience}: use at least 1, or 0 for none"),
             (self.momentum >= 0 and self.weight_decay >= 0, "--momentum and --weight-decay must be >= 0"),
             (0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1,
              "--val-frac and --test-frac must be in [0, 1) and sum to less than 1"),

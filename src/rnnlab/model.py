@@ -9,7 +9,8 @@ With no embedding, as in the lab handout, U (H, V) multiplies the one-hot vector
 lookup of U's column for the word. All parameters are plain leaf tensors with `requires_grad`, named
 after the symbols (`W`, `U`, `b`, `W_out`, `b_out`, `E`); no torch.nn layers compute anything here.
 
-Left out: dropout, several stacked layers, attention or pooling over the states.
+Left out: dropout between time steps (variational dropout), several stacked layers, attention or
+pooling over the states.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ import torch.nn.functional as F
 
 from rnnlab.cells import Cell, make_cell
 from rnnlab.recurrent import unroll
+
+
+def _dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Inverted dropout: x * m / (1 - p), m ~ Bernoulli(1 - p) elementwise."""
+    if p <= 0:
+        return x
+    keep = torch.rand(x.shape, generator=generator, device=generator.device) >= p
+    return x * keep.to(x.device, x.dtype) / (1 - p)
 
 
 class Classifier:
@@ -83,20 +92,29 @@ class Classifier:
                 p.copy_(state[n])
 
     # -- forward --------------------------------------------------------------------------------------
-    def states(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, backward: str | None = None):
+    def states(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, backward: str | None = None,
+               dropout: tuple[float, torch.Generator] | None = None):
         """All states: outputs (T, B, H) (zero past each length) and the final state tuple."""
         assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
         x = ids if self.E is None else F.embedding(ids, self.E)  # one-hot(id) U == U[:, id];  or E[id]  (B, T, D)
+        if dropout is not None and self.E is not None:
+            x = _dropout(x, *dropout)
         return unroll(self.cell, x, None, lengths, backward or self.backward)
 
     def logits(self, s_T: torch.Tensor) -> torch.Tensor:
         """logits = W_out s_T + b_out   (B, C)"""
         return torch.addmm(self.b_out, s_T, self.W_out.t())
 
-    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """logits (B, C) of each sentence, from s_T, its state at its last word."""
-        _, state = self.states(ids, lengths)
-        return self.logits(state[0])
+    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor | None = None,
+                 dropout: tuple[float, torch.Generator] | None = None) -> torch.Tensor:
+        """logits (B, C) of each sentence, from s_T, its state at its last word.
+
+        dropout = (p, generator), for training only: each embedding entry and each entry of s_T is
+        zeroed with probability p and the rest scaled by 1 / (1 - p), with masks drawn from `generator`
+        (so a run, and a resumed run, draws the same masks)."""
+        _, state = self.states(ids, lengths, dropout=dropout)
+        s_T = state[0] if dropout is None else _dropout(state[0], *dropout)
+        return self.logits(s_T)
 
     @torch.no_grad()
     def predict_proba(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

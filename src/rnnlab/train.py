@@ -16,7 +16,7 @@ of the previous epoch stays, and resuming from it is just as exact).
 A loss, gradient norm or validation loss that is NaN or inf stops the run before anything is saved,
 so `model.pt` and `last.pt` keep the last good weights.
 Left out: learning-rate schedules from the command line, mixed precision, several GPUs (see the
-distributed issue), dropout.
+distributed issue).
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ class TrainResult:
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The batch order of an epoch depends on the seed and the epoch number only (exact resume)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """The dropout masks of a step depend on (seed, epoch, step) only, like the batch order."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
 
 
 # -- metrics ------------------------------------------------------------------------------------------
@@ -182,7 +187,8 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
                 for step in range(start, len(epoch_batches)):
                     ctrl_c.check()  # a Ctrl-C pressed during the previous step stops here, between steps
                     x, lengths, y = (t.to(config.device) for t in epoch_batches[step])
-                    logits = model(x, lengths)  # forward
+                    drop = (config.dropout, step_generator(config.seed, epoch, step)) if config.dropout else None
+                    logits = model(x, lengths, dropout=drop)  # forward
                     loss = F.cross_entropy(logits, y)  # loss
                     _check_finite("loss", loss.item(), epoch, step, config, out)
                     loss.backward()  # backward (autograd, or the hand BPTT inside the cell)
