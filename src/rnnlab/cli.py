@@ -242,6 +242,7 @@ def cmd_bench(args) -> int:
         raise UserError("benchmarks/bench_train.py not found; run `rnnlab bench` from a source checkout of rnnlab")
     spec = importlib.util.spec_from_file_location("bench_train", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     module.main(args.bench_args)
     return 0
