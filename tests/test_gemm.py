@@ -24,15 +24,16 @@ def test_linear_equals_matmul_above_the_threshold(transposed, with_bias):
 
 
 @pytest.mark.parametrize("M", [2, 64])  # below and above the threshold
-def test_addmm_and_linear_into(M):
+def test_accumulator_and_multiplier(M):
     g = torch.Generator().manual_seed(1)
     x, w, c = torch.randn(M, 512, generator=g), torch.randn(256, 512, generator=g), torch.randn(M, 256, generator=g)
     with torch.no_grad():
+        add_wx, wx = gemm.accumulator(w, M), gemm.multiplier(w, M)
         out = c.clone()
-        assert gemm.addmm_(out, x, w) is out  # in place
+        assert add_wx(out, x) is out  # in place
         torch.testing.assert_close(out, c + x @ w.t(), rtol=1e-5, atol=1e-4)
         buf = torch.empty(M, 256)
-        r = gemm.linear_into(buf, x, w)
+        r = wx(buf, x)
         torch.testing.assert_close(r, x @ w.t(), rtol=1e-5, atol=1e-4)
         if not gemm._use_onednn(x, w):
             assert r.data_ptr() == buf.data_ptr()  # small products are written into the buffer

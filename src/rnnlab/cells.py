@@ -36,13 +36,21 @@ from types import SimpleNamespace
 
 import torch
 
-from rnnlab.gemm import addmm_, linear, linear_into
+from rnnlab import gemm
+from rnnlab.gemm import linear
 
 State = tuple[torch.Tensor, ...]  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
 
 
 class Buffers(SimpleNamespace):
-    """Preallocated tensors of one manual forward/backward pass, by name (see `Cell.buffers`)."""
+    """Preallocated tensors of one manual forward/backward pass, by name (see `Cell.buffers`).
+
+    `buf.h` is the whole (T + 1, B, H) tensor and `buf.h_t[t]` its view at step t: a tuple of views
+    made once (`per_step`), because indexing a tensor inside the time loop costs a dispatch each time."""
+
+    def per_step(self, *names: str) -> None:
+        for name in names:
+            setattr(self, name + "_t", getattr(self, name).unbind(0))
 
 
 def _uniform(shape: tuple[int, ...], bound: float, generator, dtype, device) -> torch.Tensor:
@@ -91,15 +99,18 @@ class Cell:
         T, B, GH = p.shape
         H = self.hidden_size
         new = p.new_empty
-        buf = Buffers(W=self.W.detach(), h=new(T + 1, B, H))
+        buf = Buffers(h=new(T + 1, B, H), add_Wh=gemm.accumulator(self.W.detach(), B))  # add_Wh(out, h): out += W h
+        buf.per_step("h")
         if self.name == "rnn":
             buf.h[1:] = p  # a_t starts as U x_t + b
         if self.name == "lstm":
             buf.gates, buf.c, buf.tanh_c = p, new(T + 1, B, H), new(T, B, H)  # gates start as U x_t + b
+            buf.per_step("gates", "c", "tanh_c")
         if self.name == "gru":
             b_hn = self.b_hn.detach() if self.b_hn is not None else p.new_zeros(H)
             buf.p, buf.rz, buf.n = p, new(T, B, 2 * H), new(T, B, H)
             buf.gh = torch.cat((p.new_zeros(2 * H), b_hn)).expand(T, B, GH).clone()  # starts as [0, 0, b_hn]
+            buf.per_step("p", "rz", "n", "gh")
         return buf
 
     def scratch(self, buf: Buffers, T: int, B: int, reuse: bool) -> Buffers:
@@ -110,12 +121,19 @@ class Cell:
         new = buf.h.new_empty
         factors = buf.dphi if self.name == "rnn" else buf.factor
         buf.dp = factors if reuse else factors.clone()
+        buf.per_step("dp")
         W = self.W.detach()
-        buf.W_T, buf.dh_prev = W.t().contiguous(), new(B, H)  # W^T (H, GH)
+        buf.dh_prev = new(B, H)
+        if self.name != "gru":
+            buf.W_T_dp = gemm.multiplier(W.t().contiguous(), B)  # W_T_dp(out, dp) = W^T dp
         if self.name == "lstm":
             buf.dc = new(B, H)
+            buf.per_step("dc_dh", "f")
         if self.name == "gru":  # dh_{t-1} takes the r, z rows and the n rows of W separately
-            buf.W_T_rz, buf.W_T_n, buf.dgh_n = W[: 2 * H].t().contiguous(), W[2 * H :].t().contiguous(), new(T, B, H)
+            buf.W_T_rz = gemm.multiplier(W[: 2 * H].t().contiguous(), B)
+            buf.add_W_T_n = gemm.accumulator(W[2 * H :].t().contiguous(), B)
+            buf.dgh_n = new(T, B, H)
+            buf.per_step("rz", "dgh_n")
         return buf
 
     def weight_grads(self, buf: Buffers, h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -154,7 +172,7 @@ class RNNCell(Cell):
 
     # -- hand-written BPTT ------------------------------------------------------------------------------
     def forward_t(self, t: int, buf: Buffers) -> None:
-        s = addmm_(buf.h[t + 1], buf.h[t], buf.W)  # a_t = (U x_t + b) + W s_{t-1}
+        s = buf.add_Wh(buf.h_t[t + 1], buf.h_t[t])  # a_t = (U x_t + b) + W s_{t-1}
         s.tanh_() if self.phi == "tanh" else s.relu_()  # s_t = phi(a_t), in place
 
     def local_derivatives(self, buf: Buffers) -> None:
@@ -162,8 +180,8 @@ class RNNCell(Cell):
         buf.dphi = 1 - s * s if self.phi == "tanh" else (s > 0).to(s.dtype)  # phi'(a_t) for every t at once
 
     def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
-        buf.dp[t].mul_(dh)  # da_t = ds_t * phi'(a_t), in place over phi'(a_t);  dp_t = dgh_t = da_t
-        buf.dh_prev = linear_into(buf.dh_prev, buf.dp[t], buf.W_T)  # ds_{t-1} = W^T da_t
+        da = buf.dp_t[t].mul_(dh)  # da_t = ds_t * phi'(a_t), in place over phi'(a_t);  dp_t = dgh_t = da_t
+        buf.dh_prev = buf.W_T_dp(buf.dh_prev, da)  # ds_{t-1} = W^T da_t
 
 
 class LSTMCell(Cell):
@@ -203,14 +221,14 @@ class LSTMCell(Cell):
     # -- hand-written BPTT ------------------------------------------------------------------------------
     def forward_t(self, t: int, buf: Buffers) -> None:
         H = self.hidden_size
-        z = addmm_(buf.gates[t], buf.h[t], buf.W)  # (U x_t + b) + W h_{t-1}, then the gates in place
+        z = buf.add_Wh(buf.gates_t[t], buf.h_t[t])  # (U x_t + b) + W h_{t-1}, then the gates in place
         z[:, : 2 * H].sigmoid_()  # i, f
         z[:, 2 * H : 3 * H].tanh_()  # g
         z[:, 3 * H :].sigmoid_()  # o
         i, f, g, o = z.split(H, dim=1)
-        c = torch.mul(f, buf.c[t], out=buf.c[t + 1]).addcmul_(i, g)  # c_t = f * c_{t-1} + i * g
-        torch.tanh(c, out=buf.tanh_c[t])
-        torch.mul(o, buf.tanh_c[t], out=buf.h[t + 1])  # h_t = o * tanh(c_t)
+        c = torch.mul(f, buf.c_t[t], out=buf.c_t[t + 1]).addcmul_(i, g)  # c_t = f * c_{t-1} + i * g
+        tanh_c = torch.tanh(c, out=buf.tanh_c_t[t])
+        torch.mul(o, tanh_c, out=buf.h_t[t + 1])  # h_t = o * tanh(c_t)
 
     def local_derivatives(self, buf: Buffers) -> None:
         """For every t at once, over the gates in place: what each gate's pre-activation gradient is
@@ -228,12 +246,12 @@ class LSTMCell(Cell):
 
     def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
         B, H = dh.shape
-        dc = buf.dc.addcmul_(dh, buf.dc_dh[t])  # dc = dc_t + dh o (1 - tanh^2 c)
-        dz = buf.dp[t]  # (B, 4H), in place over the factors of step t
+        dc = buf.dc.addcmul_(dh, buf.dc_dh_t[t])  # dc = dc_t + dh o (1 - tanh^2 c)
+        dz = buf.dp_t[t]  # (B, 4H), in place over the factors of step t
         dz[:, : 3 * H].view(B, 3, H).mul_(dc.unsqueeze(1))  # dz_i, dz_f, dz_g = dc x factors
         dz[:, 3 * H :].mul_(dh)  # dz_o = dh x factor
-        buf.dh_prev = linear_into(buf.dh_prev, dz, buf.W_T)  # dh_{t-1} = W^T dz
-        dc.mul_(buf.f[t])  # dc_{t-1} = dc f
+        buf.dh_prev = buf.W_T_dp(buf.dh_prev, dz)  # dh_{t-1} = W^T dz
+        dc.mul_(buf.f_t[t])  # dc_{t-1} = dc f
 
 
 class GRUCell(Cell):
@@ -278,12 +296,12 @@ class GRUCell(Cell):
     # -- hand-written BPTT ------------------------------------------------------------------------------
     def forward_t(self, t: int, buf: Buffers) -> None:
         H = self.hidden_size
-        h_prev, p_t = buf.h[t], buf.p[t]
-        gh = addmm_(buf.gh[t], h_prev, buf.W)  # [0, 0, b_hn] + W h_{t-1}   (B, 3H)
-        rz = torch.add(p_t[:, : 2 * H], gh[:, : 2 * H], out=buf.rz[t]).sigmoid_()  # r, z
+        h_prev, p_t = buf.h_t[t], buf.p_t[t]
+        gh = buf.add_Wh(buf.gh_t[t], h_prev)  # [0, 0, b_hn] + W h_{t-1}   (B, 3H)
+        rz = torch.add(p_t[:, : 2 * H], gh[:, : 2 * H], out=buf.rz_t[t]).sigmoid_()  # r, z
         r, z = rz[:, :H], rz[:, H:]
-        n = torch.addcmul(p_t[:, 2 * H :], r, gh[:, 2 * H :], out=buf.n[t]).tanh_()  # n_t
-        torch.lerp(n, h_prev, z, out=buf.h[t + 1])  # h_t = n + z (h_{t-1} - n) = (1 - z) n + z h_{t-1}
+        n = torch.addcmul(p_t[:, 2 * H :], r, gh[:, 2 * H :], out=buf.n_t[t]).tanh_()  # n_t
+        torch.lerp(n, h_prev, z, out=buf.h_t[t + 1])  # h_t = n + z (h_{t-1} - n) = (1 - z) n + z h_{t-1}
 
     def local_derivatives(self, buf: Buffers) -> None:
         """For every t at once, in place over gh and n: buf.factor (T, B, 3H) becomes
@@ -301,12 +319,13 @@ class GRUCell(Cell):
 
     def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
         B, H = dh.shape
-        r, z = buf.rz[t, :, :H], buf.rz[t, :, H:]
-        dp = buf.dp[t]  # (B, 3H), in place over the factors of step t
+        rz = buf.rz_t[t]
+        r, z = rz[:, :H], rz[:, H:]
+        dp = buf.dp_t[t]  # (B, 3H), in place over the factors of step t
         dp.view(B, 3, H).mul_(dh.unsqueeze(1))  # dr_pre, dz_pre, dn_pre
-        dgh_n = torch.mul(dp[:, 2 * H :], r, out=buf.dgh_n[t])  # dgh = [dr_pre, dz_pre, dn_pre * r]
-        buf.dh_prev = linear_into(buf.dh_prev, dp[:, : 2 * H], buf.W_T_rz)  # W_rz^T [dr_pre, dz_pre]
-        addmm_(buf.dh_prev, dgh_n, buf.W_T_n).addcmul_(dh, z)  # dh_{t-1} = W^T dgh + dh z
+        dgh_n = torch.mul(dp[:, 2 * H :], r, out=buf.dgh_n_t[t])  # dgh = [dr_pre, dz_pre, dn_pre * r]
+        buf.dh_prev = buf.W_T_rz(buf.dh_prev, dp[:, : 2 * H])  # W_rz^T [dr_pre, dz_pre]
+        buf.add_W_T_n(buf.dh_prev, dgh_n).addcmul_(dh, z)  # dh_{t-1} = W^T dgh + dh z
 
     def weight_grads(self, buf: Buffers, h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
         H = self.hidden_size

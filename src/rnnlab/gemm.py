@@ -51,16 +51,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
 
 
-def addmm_(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """out += x @ weight^T, in place; returns out."""
-    if _use_onednn(x, weight):
-        return out.add_(torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
-    return out.addmm_(x, weight.t())
+def accumulator(weight: torch.Tensor, rows: int):
+    """A function (out, x) -> out += x @ weight^T, in place, for x of `rows` rows; the choice of
+    product is made once here, not at every time step."""
+    if _use_onednn(weight.new_empty(rows, weight.shape[1]), weight):
+        return lambda out, x: out.add_(torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], ""))
+    weight_t = weight.t()
+    return lambda out, x: out.addmm_(x, weight_t)
 
 
-def linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight^T, written into the preallocated `out` for small products; large products return a
-    new tensor instead (oneDNN's op cannot write into `out`, and a copy would cost more). Use the result."""
-    if _use_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-    return torch.mm(x, weight.t(), out=out)
+def multiplier(weight: torch.Tensor, rows: int):
+    """A function (out, x) -> x @ weight^T for x of `rows` rows: written into the preallocated `out`
+    for small products; large products return a new tensor (oneDNN's op cannot write into `out`, and
+    a copy would cost more). Use the result."""
+    if _use_onednn(weight.new_empty(rows, weight.shape[1]), weight):
+        return lambda out, x: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    weight_t = weight.t()
+    return lambda out, x: torch.mm(x, weight_t, out=out)

@@ -136,9 +136,9 @@ class _ManualBPTT(torch.autograd.Function):
         for t in range(T):
             cell.forward_t(t, buf)  # writes s_t into buf.h[t + 1] (and c_t into buf.c[t + 1])
             if mask is not None:  # padded rows keep s_{t-1}
-                torch.where(mask[t], buf.h[t + 1], buf.h[t], out=buf.h[t + 1])
+                torch.where(mask[t], buf.h_t[t + 1], buf.h_t[t], out=buf.h_t[t + 1])
                 if n_states == 2:
-                    torch.where(mask[t], buf.c[t + 1], buf.c[t], out=buf.c[t + 1])
+                    torch.where(mask[t], buf.c_t[t + 1], buf.c_t[t], out=buf.c_t[t + 1])
         cell.local_derivatives(buf)  # the gates' local derivatives, for all steps at once
         ctx.cell, ctx.mask, ctx.reuse = cell, mask, not _retain_buffers
         # saved through autograd, so they are freed after backward (kept only with retain_graph)
