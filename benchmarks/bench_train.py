@@ -25,9 +25,11 @@ Ratios > 1 mean rnnlab is faster. Timings vary with the machine's load: compare 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -199,6 +201,23 @@ def gemm_seconds(w: Workload, device, repeats: int = 5) -> float:
 
 
 # -- peak memory of one step ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def _native_output_silenced():
+    """The profiler's native library logs each start and stop on the process's stdout/stderr: hide them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
 def peak_memory(w: Workload, variant: str, device) -> float:
     """MB allocated at the peak of one training step, above what was allocated before it (weights,
     gradients from the warm-up step). CPU: the profiler's memory timeline, which sees every tensor
@@ -216,10 +235,11 @@ def peak_memory(w: Workload, variant: str, device) -> float:
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        step(ids, y)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with _native_output_silenced(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            step(ids, y)
         path = os.path.join(tmp, "timeline.json")
         prof.export_memory_timeline(path, device="cpu")
         _, sizes = json.load(open(path))

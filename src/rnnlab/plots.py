@@ -1,4 +1,4 @@
-"""Pictures: loss curves and the like, drawn with matplotlib, headless (Agg) unless asked to show.
+"""Pictures: loss curves and the like, drawn with matplotlib, headless unless asked to show.
 
 This module is imported only by the code that draws, so `import rnnlab` stays light. Each function
 writes a PNG and returns its path; `show=True` also opens a window where a display exists (matplotlib
@@ -7,35 +7,37 @@ picks the interactive backend; set MPLBACKEND to choose one).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import matplotlib
 
+def _figure(show: bool, figsize: tuple[float, float]):
+    """(fig, ax). Headless: a bare Figure drawn by the Agg canvas, no pyplot, no display, no window
+    state. With show=True: pyplot, whose backend matplotlib picks for the display (or MPLBACKEND)."""
+    if show:
+        import matplotlib.pyplot as plt
 
-def _pyplot(show: bool):
-    """pyplot on the Agg backend (no window, no display needed) unless a window is wanted."""
-    if not show and "MPLBACKEND" not in os.environ:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        return plt.subplots(figsize=figsize)
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _save(fig, path: Path, show: bool) -> Path:
-    plt = _pyplot(show)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     if show:
+        import matplotlib.pyplot as plt
+
         plt.show()
-    plt.close(fig)
+        plt.close(fig)
     return path
 
 
 def loss_curve(loss_history: list[float], path: Path, *, show: bool = False) -> Path:
     """The handout's step 6: x Epoch, y Total Loss, "Training Loss Curve", with a grid."""
-    fig, ax = _pyplot(show).subplots(figsize=(6, 4))
+    fig, ax = _figure(show, (6, 4))
     ax.plot(range(1, len(loss_history) + 1), loss_history)
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Total Loss")
@@ -46,11 +48,10 @@ def loss_curve(loss_history: list[float], path: Path, *, show: bool = False) -> 
 
 def training_curves(history: list[dict], out_dir: Path, *, show: bool = False) -> list[Path]:
     """loss.png and accuracy.png: train and validation per epoch."""
-    plt = _pyplot(show)
     epochs = [r["epoch"] for r in history]
     paths = []
     for key, label in (("loss", "Cross-entropy loss"), ("acc", "Accuracy")):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _figure(show, (6, 4))
         ax.plot(epochs, [r[f"train_{key}"] for r in history], marker="o", label="train")
         ax.plot(epochs, [r[f"val_{key}"] for r in history], marker="o", label="validation")
         ax.set_xlabel("Epoch")
@@ -64,9 +65,8 @@ def training_curves(history: list[dict], out_dir: Path, *, show: bool = False) -
 
 def confusion(matrix: list[list[int]], label_names: list[str], path: Path, *, show: bool = False) -> Path:
     """The confusion matrix: rows the true class, columns the predicted one, counts in the cells."""
-    plt = _pyplot(show)
     C = len(label_names)
-    fig, ax = plt.subplots(figsize=(1.2 * C + 2.5, 1.2 * C + 2))
+    fig, ax = _figure(show, (1.2 * C + 2.5, 1.2 * C + 2))
     ax.imshow(matrix, cmap="Blues")
     top = max(max(row) for row in matrix) or 1
     for i in range(C):
