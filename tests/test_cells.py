@@ -285,3 +285,25 @@ def test_manual_backward_twice_needs_retain_buffers():
     out.sum().backward()  # accumulates the same gradient again
     for g1, p in zip(first, layer.parameters()):
         torch.testing.assert_close(p.grad, 2 * g1)
+
+
+@pytest.mark.parametrize("backward", ["autograd", "manual"])
+def test_changing_a_weight_between_forward_and_backward_is_an_error(backward):
+    layer = Recurrent("gru", 3, 4, backward=backward, dtype=torch.float64)
+    out, _ = layer(torch.randn(5, 2, 3, dtype=torch.float64))
+    with torch.no_grad():
+        layer.cell.W.mul_(1.0001)  # e.g. an optimiser step before a (retained) backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_first_order_gradients_with_create_graph_and_int_ids():
+    layer = Recurrent("lstm", 6, 4, batch_first=True, backward="manual", dtype=torch.float64)
+    ids = torch.randint(0, 6, (3, 5))
+    out32, _ = unroll(layer.cell, ids.to(torch.int32), backward="manual")
+    out64, _ = unroll(layer.cell, ids, backward="manual")
+    torch.testing.assert_close(out32, out64)
+    (g,) = torch.autograd.grad(out64.sum(), layer.cell.W, create_graph=True)  # first order works
+    assert g.shape == layer.cell.W.shape
+    with pytest.raises(ValueError, match="integer token ids"):
+        unroll(layer.cell, torch.randn(3, 5), backward="manual")

@@ -48,29 +48,38 @@ def test_small_float64_and_grad_mode_use_torch_matmul():
     assert not gemm._use_onednn(x32[:2, :2], w32[:2, :2])  # tiny: call overhead dominates
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_manual_bptt_at_a_size_that_uses_the_fast_product_matches_torch(kind, monkeypatch):
-    """B=64, H=128 (above the threshold): outputs and gradients equal torch.nn's to float32 round-off."""
-    from rnnlab.recurrent import from_torch
+def test_manual_bptt_at_a_size_that_uses_the_fast_product_matches_autograd(kind, padded, monkeypatch):
+    """B=64 and H=128 (256 for the RNN, so its step product passes the threshold too): outputs, final
+    states and every gradient of the manual path equal the autograd path's to float32 round-off."""
+    from rnnlab.recurrent import Recurrent
 
     calls = []
     original = gemm._use_onednn
     monkeypatch.setattr(gemm, "_use_onednn", lambda x, w: calls.append(original(x, w)) or calls[-1])
-    torch.manual_seed(0)
-    m = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](128, 128, batch_first=True)
-    layer = from_torch(m, backward="manual")
-    x = torch.randn(64, 12, 128)
-    lengths = torch.randint(1, 13, (64,))
-    out, _ = layer(x, lengths=lengths)
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    ref, _ = m(packed)
-    ref, _ = torch.nn.utils.rnn.pad_packed_sequence(ref, batch_first=True, total_length=12)
-    r = torch.randn_like(out)
-    (out * r).sum().backward()
-    (ref * r).sum().backward()
-    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
-    for name, ref_grad in (("W", m.weight_hh_l0.grad), ("U", m.weight_ih_l0.grad)):
-        got = getattr(layer.cell, name).grad
-        assert float((got - ref_grad).abs().max()) <= 1e-5 * max(1.0, float(ref_grad.abs().max())), name
+    H = 256 if kind == "rnn" else 128
+    g = torch.Generator().manual_seed(0)
+    layer = Recurrent(kind, 64, H, batch_first=True, generator=g)
+    x = torch.randn(64, 12, 64, generator=g)
+    lengths = torch.randint(1, 13, (64,), generator=g) if padded else None
+    h0 = tuple(torch.randn(1, 64, H, generator=g) for _ in range(layer.cell.n_states))
+    r_out = torch.randn(64, 12, H, generator=g)
+    r_state = [torch.randn(1, 64, H, generator=g) for _ in h0]
+    results = {}
+    for backward in ("autograd", "manual"):
+        layer.backward = backward
+        for p in layer.parameters():
+            p.grad = None
+        xx, hh = x.clone().requires_grad_(), tuple(h.clone().requires_grad_() for h in h0)
+        out, state = layer(xx, hh if kind == "lstm" else hh[0], lengths=lengths)
+        states = state if kind == "lstm" else (state,)
+        loss = (out * r_out).sum() + sum((s * r).sum() for s, r in zip(states, r_state))
+        loss.backward()
+        results[backward] = [out, *states, xx.grad, *(h.grad for h in hh), *(p.grad for p in layer.parameters())]
+    for got, ref in zip(results["manual"], results["autograd"]):
+        got, ref = got.detach(), ref.detach()
+        err, scale = float((got - ref).abs().max()), max(1.0, float(ref.abs().max()))
+        assert err <= 1e-5 * scale, f"{err} vs scale {scale}"
     if gemm._onednn_works():
         assert any(calls), "the fast product was never used at this size"

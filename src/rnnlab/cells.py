@@ -113,7 +113,7 @@ class Cell:
             buf.per_step("p", "rz", "n", "gh")
         return buf
 
-    def scratch(self, buf: Buffers, T: int, B: int, reuse: bool) -> Buffers:
+    def scratch(self, buf: Buffers, T: int, B: int, W: torch.Tensor, reuse: bool) -> Buffers:
         """What the backward writes: dp_t for every t, and ds_{t-1} (and dc) for the current t.
         With `reuse`, dp is written in place over the saved local derivatives (step t's are read once,
         just before they are overwritten), which saves a (T, B, G*H) buffer."""
@@ -122,7 +122,7 @@ class Cell:
         factors = buf.dphi if self.name == "rnn" else buf.factor
         buf.dp = factors if reuse else factors.clone()
         buf.per_step("dp")
-        W = self.W.detach()
+        W = W.detach()  # the W of the forward pass, as saved with it
         buf.dh_prev = new(B, H)
         if self.name != "gru":
             buf.W_T_dp = gemm.multiplier(W.t().contiguous(), B)  # W_T_dp(out, dp) = W^T dp

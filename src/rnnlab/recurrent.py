@@ -82,8 +82,10 @@ def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: tor
     Returns outputs (T, B, H), time-major and zero at padded steps, and the final state, a tuple of
     (B, H) tensors taken at each sequence's last real step. `state=None` starts from zeros.
     """
-    if x.dim() not in (2, 3):
-        raise ValueError(f"x must be (B, T) token ids or (B, T, E) vectors, got shape {tuple(x.shape)}")
+    if x.dim() not in (2, 3) or (x.dim() == 2 and x.is_floating_point()):
+        raise ValueError(f"x must be (B, T) integer token ids or (B, T, E) vectors, got {x.dtype} {tuple(x.shape)}")
+    if x.dim() == 2 and x.dtype not in (torch.int64, torch.int32):
+        x = x.long()  # uint8, int16 ... ids
     B, T = x.shape[:2]
     if T < 1:
         raise ValueError("cannot unroll over an empty sequence (T = 0)")
@@ -129,6 +131,8 @@ class _ManualBPTT(torch.autograd.Function):
     def forward(ctx, cell: Cell, x, mask, n_states: int, *state_and_params):
         state = state_and_params[:n_states]
         B, T = x.shape[:2]
+        for s in state:
+            assert s.dtype == cell.W.dtype and s.device == cell.W.device, "the state must match the weights"
         buf = cell.buffers(_input_projection(cell, x))  # starts from U x_t + b for every t   (T, B, G*H)
         buf.h[0] = state[0]
         if n_states == 2:
@@ -140,25 +144,32 @@ class _ManualBPTT(torch.autograd.Function):
                 if n_states == 2:
                     torch.where(mask[t], buf.c_t[t + 1], buf.c_t[t], out=buf.c_t[t + 1])
         cell.local_derivatives(buf)  # the gates' local derivatives, for all steps at once
-        ctx.cell, ctx.mask, ctx.reuse = cell, mask, not _retain_buffers
-        # saved through autograd, so they are freed after backward (kept only with retain_graph)
-        ctx.save_for_backward(x, *(getattr(buf, name) for name in cell.saved))
+        # (the local derivatives of padded steps come from states that the mask then discards; the
+        # backward multiplies them by a zero gradient, so they never count)
+        ctx.cell, ctx.mask, ctx.reuse, ctx.done = cell, mask, not _retain_buffers, False
+        # saved through autograd: freed after backward (kept only with retain_graph), and W and U are
+        # version-checked, so changing a weight between forward and backward is an error, not a wrong gradient
+        ctx.save_for_backward(x, cell.W, cell.U, *(getattr(buf, name) for name in cell.saved))
         ctx.set_materialize_grads(False)
         out = buf.h[1:] if mask is None else buf.h[1:] * mask  # (T, B, H)
-        return (out, buf.h[T]) if n_states == 1 else (out, buf.h[T], buf.c[T])
+        final = (buf.h[T].clone(),) if n_states == 1 else (buf.h[T].clone(), buf.c[T].clone())  # not views of out
+        return (out, *final)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, *d_final):
         cell, mask = ctx.cell, ctx.mask
         try:
-            x, *saved = ctx.saved_tensors
-        except RuntimeError as e:  # autograd's version counter: a second backward after the first reused them
+            x, W, U, *saved = ctx.saved_tensors
+        except RuntimeError as e:
+            if not ctx.done:  # a tensor changed between forward and backward: autograd's message says which
+                raise
             raise RuntimeError("backward='manual' writes its gradients over its saved buffers, so it supports one "
                                "backward per forward; run the forward inside `with rnnlab.retain_buffers():` "
                                "to backpropagate twice (retain_graph=True, gradcheck)") from e
         buf = Buffers(**dict(zip(cell.saved, saved)))
         T, B, H = buf.h.shape[0] - 1, buf.h.shape[1], buf.h.shape[2]
-        cell.scratch(buf, T, B, reuse=ctx.reuse)
+        cell.scratch(buf, T, B, W, reuse=ctx.reuse)
         GH = cell.n_gates * H
         # gradients arriving at the final state; zeros where the caller did not use it
         dh = d_final[0].clone() if d_final[0] is not None else buf.h.new_zeros(B, H)
@@ -195,11 +206,12 @@ class _ManualBPTT(torch.autograd.Function):
             x_tm = x.transpose(0, 1).reshape(-1, x.shape[-1])  # (T*B, E), time-major like dp
             grads["U"] = linear(dp.t(), x_tm.t())  # dU = sum_t dp_t^T x_t
             if ctx.needs_input_grad[1]:
-                dx = linear(dp, cell.U.detach().t().contiguous()).view(T, B, -1).transpose(0, 1)  # dx_t = U^T dp_t
+                dx = linear(dp, U.t().contiguous()).view(T, B, -1).transpose(0, 1)  # dx_t = U^T dp_t
         if cell.b is not None:
             grads["b"] = dp.sum(dim=0)  # db = sum_t dp_t
         d_state0 = (dh, buf.dc.clone()) if cell.n_states == 2 else (dh,)
         d_params = [grads.get(n) if p is not None else None for n, p in zip(cell.param_names, cell.parameters())]
+        ctx.done = True
         return (None, dx, None, None, *d_state0, *d_params)
 
 
