@@ -94,46 +94,23 @@ class Cell:
 
     def buffers(self, p: torch.Tensor) -> Buffers:
         """What the manual forward writes, allocated once per pass, given p (T, B, G*H) = U x_t + b for
-        every t: the states h (and c) for s_0..s_T and the cell's own (gates, candidates). Where a
+        every t: the states h for s_0..s_T here; each cell adds its own (gates, candidates). Where a
         buffer starts as p_t, each step adds W s_{t-1} in place: no copy per step."""
-        T, B, GH = p.shape
-        H = self.hidden_size
-        new = p.new_empty
-        buf = Buffers(h=new(T + 1, B, H), add_Wh=gemm.accumulator(self.W.detach(), B))  # add_Wh(out, h): out += W h
+        T, B, _ = p.shape
+        buf = Buffers(h=p.new_empty(T + 1, B, self.hidden_size))
+        buf.add_Wh = gemm.accumulator(self.W.detach(), B)  # add_Wh(out, h): out += W h
         buf.per_step("h")
-        if self.name == "rnn":
-            buf.h[1:] = p  # a_t starts as U x_t + b
-        if self.name == "lstm":
-            buf.gates, buf.c, buf.tanh_c = p, new(T + 1, B, H), new(T, B, H)  # gates start as U x_t + b
-            buf.per_step("gates", "c", "tanh_c")
-        if self.name == "gru":
-            b_hn = self.b_hn.detach() if self.b_hn is not None else p.new_zeros(H)
-            buf.p, buf.rz, buf.n = p, new(T, B, 2 * H), new(T, B, H)
-            buf.gh = torch.cat((p.new_zeros(2 * H), b_hn)).expand(T, B, GH).clone()  # starts as [0, 0, b_hn]
-            buf.per_step("p", "rz", "n", "gh")
         return buf
 
     def scratch(self, buf: Buffers, T: int, B: int, W: torch.Tensor, reuse: bool) -> Buffers:
-        """What the backward writes: dp_t for every t, and ds_{t-1} (and dc) for the current t.
-        With `reuse`, dp is written in place over the saved local derivatives (step t's are read once,
-        just before they are overwritten), which saves a (T, B, G*H) buffer."""
-        H = self.hidden_size
-        new = buf.h.new_empty
-        factors = buf.dphi if self.name == "rnn" else buf.factor
-        buf.dp = factors if reuse else factors.clone()
+        """What the backward writes: dp_t for every t, and ds_{t-1} for the current t.
+        With `reuse`, dp is written in place over the saved local derivatives `factor` (step t's are
+        read once, just before they are overwritten), which saves a (T, B, G*H) buffer. W is the
+        forward pass's, as saved with it."""
+        buf.dp = buf.factor if reuse else buf.factor.clone()
         buf.per_step("dp")
-        W = W.detach()  # the W of the forward pass, as saved with it
-        buf.dh_prev = new(B, H)
-        if self.name != "gru":
-            buf.W_T_dp = gemm.multiplier(W.t().contiguous(), B)  # W_T_dp(out, dp) = W^T dp
-        if self.name == "lstm":
-            buf.dc = new(B, H)
-            buf.per_step("dc_dh", "f")
-        if self.name == "gru":  # dh_{t-1} takes the r, z rows and the n rows of W separately
-            buf.W_T_rz = gemm.multiplier(W[: 2 * H].t().contiguous(), B)
-            buf.add_W_T_n = gemm.accumulator(W[2 * H :].t().contiguous(), B)
-            buf.dgh_n = new(T, B, H)
-            buf.per_step("rz", "dgh_n")
+        buf.dh_prev = buf.h.new_empty(B, self.hidden_size)
+        buf.W_T_dp = gemm.multiplier(W.detach().t().contiguous(), B)  # W_T_dp(out, dp) = W^T dp
         return buf
 
     def weight_grads(self, buf: Buffers, h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -157,7 +134,7 @@ class RNNCell(Cell):
     """
 
     name = "rnn"
-    saved = ("h", "dphi")
+    saved = ("h", "factor")
 
     def __init__(self, input_size: int, hidden_size: int, *, phi: str = "tanh", **kw):
         if phi not in ("tanh", "relu"):
@@ -171,16 +148,24 @@ class RNNCell(Cell):
         return (torch.tanh(a) if self.phi == "tanh" else torch.relu(a),)  # s_t = phi(a_t)
 
     # -- hand-written BPTT ------------------------------------------------------------------------------
+    def buffers(self, p: torch.Tensor) -> Buffers:
+        buf = super().buffers(p)
+        buf.h[1:] = p  # a_t starts as U x_t + b
+        return buf
+
     def forward_t(self, t: int, buf: Buffers) -> None:
         s = buf.add_Wh(buf.h_t[t + 1], buf.h_t[t])  # a_t = (U x_t + b) + W s_{t-1}
-        s.tanh_() if self.phi == "tanh" else s.relu_()  # s_t = phi(a_t), in place
+        if self.phi == "tanh":  # s_t = phi(a_t), in place
+            s.tanh_()
+        else:
+            s.relu_()
 
     def local_derivatives(self, buf: Buffers) -> None:
         s = buf.h[1:]  # (T, B, H)
-        buf.dphi = 1 - s * s if self.phi == "tanh" else (s > 0).to(s.dtype)  # phi'(a_t) for every t at once
+        buf.factor = 1 - s * s if self.phi == "tanh" else (s > 0).to(s.dtype)  # phi'(a_t) for every t at once
 
     def backward_t(self, t: int, dh: torch.Tensor, buf: Buffers) -> None:
-        da = buf.dp_t[t].mul_(dh)  # da_t = ds_t * phi'(a_t), in place over phi'(a_t);  dp_t = dgh_t = da_t
+        da = buf.dp_t[t].mul_(dh)  # da_t = ds_t * phi'(a_t), over phi'(a_t);  dp_t = dgh_t = da_t
         buf.dh_prev = buf.W_T_dp(buf.dh_prev, da)  # ds_{t-1} = W^T da_t
 
 
@@ -219,6 +204,19 @@ class LSTMCell(Cell):
         return h, c
 
     # -- hand-written BPTT ------------------------------------------------------------------------------
+    def buffers(self, p: torch.Tensor) -> Buffers:
+        buf = super().buffers(p)
+        T, B, _ = p.shape
+        buf.gates, buf.c, buf.tanh_c = p, p.new_empty(T + 1, B, self.hidden_size), p.new_empty(T, B, self.hidden_size)
+        buf.per_step("gates", "c", "tanh_c")  # the gates start as U x_t + b
+        return buf
+
+    def scratch(self, buf: Buffers, T: int, B: int, W: torch.Tensor, reuse: bool) -> Buffers:
+        super().scratch(buf, T, B, W, reuse)
+        buf.dc = buf.h.new_empty(B, self.hidden_size)  # dc_t on entry to backward_t, dc_{t-1} on exit
+        buf.per_step("dc_dh", "f")
+        return buf
+
     def forward_t(self, t: int, buf: Buffers) -> None:
         H = self.hidden_size
         z = buf.add_Wh(buf.gates_t[t], buf.h_t[t])  # (U x_t + b) + W h_{t-1}, then the gates in place
@@ -294,6 +292,27 @@ class GRUCell(Cell):
         return ((1 - z) * n + z * h_prev,)  # h_t
 
     # -- hand-written BPTT ------------------------------------------------------------------------------
+    def buffers(self, p: torch.Tensor) -> Buffers:
+        buf = super().buffers(p)
+        T, B, GH = p.shape
+        H = self.hidden_size
+        b_hn = self.b_hn.detach() if self.b_hn is not None else p.new_zeros(H)
+        buf.p, buf.rz, buf.n = p, p.new_empty(T, B, 2 * H), p.new_empty(T, B, H)
+        buf.gh = torch.cat((p.new_zeros(2 * H), b_hn)).expand(T, B, GH).clone()  # starts as [0, 0, b_hn]
+        buf.per_step("p", "rz", "n", "gh")
+        return buf
+
+    def scratch(self, buf: Buffers, T: int, B: int, W: torch.Tensor, reuse: bool) -> Buffers:
+        """As the base class, but dh_{t-1} takes the r, z rows and the n rows of W separately."""
+        H = self.hidden_size
+        buf.dp = buf.factor if reuse else buf.factor.clone()
+        buf.dh_prev, buf.dgh_n = buf.h.new_empty(B, H), buf.h.new_empty(T, B, H)
+        W = W.detach()
+        buf.W_T_rz = gemm.multiplier(W[: 2 * H].t().contiguous(), B)
+        buf.add_W_T_n = gemm.accumulator(W[2 * H :].t().contiguous(), B)
+        buf.per_step("dp", "rz", "dgh_n")
+        return buf
+
     def forward_t(self, t: int, buf: Buffers) -> None:
         H = self.hidden_size
         h_prev, p_t = buf.h_t[t], buf.p_t[t]

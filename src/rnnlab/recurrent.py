@@ -115,7 +115,8 @@ _retain_buffers = False
 def retain_buffers():
     """Manual forwards run inside keep their saved buffers through backward, so the graph can be
     differentiated more than once (retain_graph=True, torch.autograd.gradcheck). Costs one extra
-    (T, B, G*H) buffer per backward; training does not need it."""
+    (T, B, G*H) buffer per backward; training does not need it. It is read when the forward runs,
+    and it is a process-wide switch (not per thread)."""
     global _retain_buffers
     previous, _retain_buffers = _retain_buffers, True
     try:
@@ -173,11 +174,14 @@ class _ManualBPTT(torch.autograd.Function):
         GH = cell.n_gates * H
         # gradients arriving at the final state; zeros where the caller did not use it
         dh = d_final[0].clone() if d_final[0] is not None else buf.h.new_zeros(B, H)
-        if cell.n_states == 2:
-            buf.dc.copy_(d_final[1]) if d_final[1] is not None else buf.dc.zero_()
+        if cell.n_states == 2 and d_final[1] is not None:
+            buf.dc.copy_(d_final[1])
+        elif cell.n_states == 2:
+            buf.dc.zero_()
         if d_out is not None and mask is not None:
             d_out = d_out * mask  # padded outputs are constants (zero)
         not_mask = None if mask is None else ~mask
+        # invariant: entering step t, dh = dL/ds_t (and buf.dc = dL/dc_t); leaving it, dL/ds_{t-1} (and dc_{t-1})
         for t in reversed(range(T)):
             if d_out is not None:
                 dh += d_out[t]  # s_t also feeds the output at step t
