@@ -8,6 +8,7 @@ Heavy modules (plots, data, training) are imported inside the command that needs
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rnnlab.errors import UserError
@@ -271,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"rnnlab {args.command}: error: {e}", file=sys.stderr)
         return UserError.exit_code
+    except BrokenPipeError:  # the output went into a command that stopped reading, e.g. `| head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except KeyboardInterrupt:
         print(f"rnnlab {args.command}: interrupted", file=sys.stderr)
         return 130

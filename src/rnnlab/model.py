@@ -96,10 +96,11 @@ class Classifier:
                dropout: tuple[float, torch.Generator] | None = None):
         """All states: outputs (T, B, H) (zero past each length) and the final state tuple."""
         assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
-        x = ids if self.E is None else F.embedding(ids, self.E)  # one-hot(id) U == U[:, id];  or E[id]  (B, T, D)
+        ids = ids.t()  # time-major (T, B), the order the loop runs in: no transposed copies later
+        x = ids if self.E is None else F.embedding(ids, self.E)  # one-hot(id) U == U[:, id];  or E[id]  (T, B, D)
         if dropout is not None and self.E is not None:
             x = _dropout(x, *dropout)
-        return unroll(self.cell, x, None, lengths, backward or self.backward)
+        return unroll(self.cell, x, None, lengths, backward or self.backward, batch_first=False)
 
     def logits(self, s_T: torch.Tensor) -> torch.Tensor:
         """logits = W_out s_T + b_out   (B, C)"""

@@ -55,17 +55,16 @@ def _mask(lengths: torch.Tensor | None, T: int, B: int, device) -> torch.Tensor 
 
 
 def _input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
-    """p_t = U x_t + b for every step at once, time-major (T, B, G*H).
+    """p_t = U x_t + b for every step at once, from time-major x: (T, B) ids or (T, B, E); (T, B, G*H).
 
-    Token ids (B, T) select columns of U: U @ onehot(id) == U[:, id]. The lookup gives the same
-    numbers as the one-hot product (a test checks it) without building a (V, B*T) one-hot matrix.
+    Token ids select columns of U: U @ onehot(id) == U[:, id]. The lookup gives the same numbers as
+    the one-hot product (a test checks it) without building a (V, B*T) one-hot matrix.
     """
     if x.dtype in (torch.int64, torch.int32):
-        p = cell.U.t()[x.t()].contiguous()  # (T, B, G*H): column lookup of U
+        p = cell.U.t()[x].contiguous()  # (T, B, G*H): column lookup of U
         return p if cell.b is None else p + cell.b
-    B, T, E = x.shape
-    x_tm = x.transpose(0, 1).reshape(T * B, E)  # (T*B, E), time-major
-    return linear(x_tm, cell.U, cell.b).view(T, B, -1)  # one matmul for every step
+    T, B, E = x.shape
+    return linear(x.reshape(T * B, E), cell.U, cell.b).view(T, B, -1)  # one matmul for every step
 
 
 def _keep_padded(mask_t: torch.Tensor | None, new: State, old: State) -> State:
@@ -76,8 +75,9 @@ def _keep_padded(mask_t: torch.Tensor | None, new: State, old: State) -> State:
 
 
 def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: torch.Tensor | None = None,
-           backward: str = "autograd") -> tuple[torch.Tensor, State]:
-    """Run `cell` over x (B, T) token ids or (B, T, E) vectors, batch first.
+           backward: str = "autograd", batch_first: bool = True) -> tuple[torch.Tensor, State]:
+    """Run `cell` over x: (B, T) token ids or (B, T, E) vectors, or (T, B) / (T, B, E) with
+    batch_first=False (time-major, which the loop uses: no transposed copy is made).
 
     Returns outputs (T, B, H), time-major and zero at padded steps, and the final state, a tuple of
     (B, H) tensors taken at each sequence's last real step. `state=None` starts from zeros.
@@ -86,7 +86,8 @@ def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: tor
         raise ValueError(f"x must be (B, T) integer token ids or (B, T, E) vectors, got {x.dtype} {tuple(x.shape)}")
     if x.dim() == 2 and x.dtype not in (torch.int64, torch.int32):
         x = x.long()  # uint8, int16 ... ids
-    B, T = x.shape[:2]
+    x = x.transpose(0, 1) if batch_first else x  # time-major (T, B[, E]): a view
+    T, B = x.shape[:2]
     if T < 1:
         raise ValueError("cannot unroll over an empty sequence (T = 0)")
     if x.dim() == 3:
@@ -130,8 +131,9 @@ class _ManualBPTT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell: Cell, x, mask, n_states: int, *state_and_params):
+        """x is time-major: (T, B) ids or (T, B, E)."""
         state = state_and_params[:n_states]
-        B, T = x.shape[:2]
+        T, B = x.shape[:2]
         for s in state:
             assert s.dtype == cell.W.dtype and s.device == cell.W.device, "the state must match the weights"
         buf = cell.buffers(_input_projection(cell, x))  # starts from U x_t + b for every t   (T, B, G*H)
@@ -204,13 +206,13 @@ class _ManualBPTT(torch.autograd.Function):
         grads = cell.weight_grads(buf, buf.h[:-1].reshape(-1, H))  # dW = sum_t dgh_t^T s_{t-1}
         dx = None
         if x.dtype in (torch.int64, torch.int32):  # dU[:, id] += dp_t for each token id
-            dU_t = dp.new_zeros(cell.input_size, GH).index_add_(0, x.t().reshape(-1), dp)
+            dU_t = dp.new_zeros(cell.input_size, GH).index_add_(0, x.reshape(-1), dp)
             grads["U"] = dU_t.t()
         else:
-            x_tm = x.transpose(0, 1).reshape(-1, x.shape[-1])  # (T*B, E), time-major like dp
-            grads["U"] = linear(dp.t(), x_tm.t())  # dU = sum_t dp_t^T x_t
+            x2d = x.reshape(T * B, x.shape[-1])  # time-major like dp
+            grads["U"] = linear(dp.t(), x2d.t())  # dU = sum_t dp_t^T x_t
             if ctx.needs_input_grad[1]:
-                dx = linear(dp, U.t().contiguous()).view(T, B, -1).transpose(0, 1)  # dx_t = U^T dp_t
+                dx = linear(dp, U.t().contiguous()).view(T, B, -1)  # dx_t = U^T dp_t, time-major like x
         if cell.b is not None:
             grads["b"] = dp.sum(dim=0)  # db = sum_t dp_t
         d_state0 = (dh, buf.dc.clone()) if cell.n_states == 2 else (dh,)
@@ -243,16 +245,12 @@ class Recurrent:
         unbatched = x.dim() == 2
         if unbatched:
             x = x.unsqueeze(1)  # (T, 1, E)
-        elif self.batch_first:
-            x = x.transpose(0, 1)
-        x = x.transpose(0, 1)  # unroll takes batch-first (B, T, E)
         state = None
         if hx is not None:
             hx = (hx,) if isinstance(hx, torch.Tensor) else tuple(hx)
-            state = tuple(h if unbatched else h.squeeze(0) for h in hx)  # (1, B, H) -> (B, H)
-            if unbatched:
-                state = tuple(h.reshape(1, -1) for h in state)
-        out, state = unroll(self.cell, x, state, lengths, self.backward)  # out (T, B, H)
+            state = tuple(h.reshape(1, -1) if unbatched else h.squeeze(0) for h in hx)  # (1, B, H) -> (B, H)
+        batch_first = self.batch_first and not unbatched
+        out, state = unroll(self.cell, x, state, lengths, self.backward, batch_first=batch_first)  # out (T, B, H)
         if unbatched:
             out, state = out[:, 0], tuple(s.reshape(1, -1) for s in state)
         else:
