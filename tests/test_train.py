@@ -661,3 +661,13 @@ def test_the_malicious_pickle_would_really_run_code(tmp_path):
     marker = tmp_path / "ran"
     pickle.loads(pickle.dumps(_RunsCode(marker)))
     assert marker.exists()
+
+
+def test_training_into_a_run_folder_with_a_checkpoint_is_refused(tmp_path):
+    data = sentiment_tsv(tmp_path)
+    train(tiny(epochs=1), data, tmp_path / "run", log=quiet, plots=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.suffix == ".pt"}
+    with pytest.raises(UserError, match="already holds a checkpoint; continue it with --resume"):
+        train(tiny(epochs=1, seed=9), data, tmp_path / "run", log=quiet, plots=False)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.suffix == ".pt"}
+    assert after == before  # nothing the user had is lost

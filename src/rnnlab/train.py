@@ -158,6 +158,9 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
                       "bad_epochs": 0, "history": []}
     if resume:
         progress_state = _resume(out, config, vocab, label_names, model, optimizer, log)
+    elif any((out / name).exists() for name in (checkpoint.BEST, checkpoint.LAST)):  # never overwrite a run
+        raise UserError("this run folder already holds a checkpoint; continue it with --resume, or train into a "
+                        "new --out", path=out)
     history = progress_state["history"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json() + "\n")
@@ -288,9 +291,9 @@ def _check_finite(what: str, value: float, epoch: int, step: int | None, config:
     """Stop on a NaN or inf, before it reaches a checkpoint; the files on disk keep the last good weights."""
     if not math.isfinite(value):
         when = f"at epoch {epoch + 1}, step {step + 1}" if step is not None else f"after epoch {epoch + 1}"
+        kept = "the last good checkpoint is kept" if (out / checkpoint.LAST).exists() else "no checkpoint was written"
         raise UserError(f"the {what} became {value} {when}; lower --lr (now "
-                        f"{config.lr:g}) or clip gradients (e.g. --clip 1); the last good checkpoint is kept",
-                        path=out)
+                        f"{config.lr:g}) or clip gradients (e.g. --clip 1); {kept}", path=out)
 
 
 def _progress(total: int, start: int, desc: str, show: bool):
