@@ -36,6 +36,15 @@ def test_lab_meets_the_handouts_bar(tmp_path):
     assert any(line.startswith("Sentence: ['The', 'movie', 'is', 'bad'] → Prediction: 0") for line in logs)
     for p in result.probabilities:
         assert sum(p) == pytest.approx(1.0, abs=1e-6)
+    assert {f.name for f in result.files} >= {"loss_curve.png", "trajectory.png", "config.json", "history.csv"}
+    width, height = png_size(tmp_path / "trajectory.png")  # n = 2: the states drawn in the plane
+    assert width >= 300 and height >= 300
+
+
+def test_trajectory_is_drawn_only_for_two_dimensional_states(tmp_path):
+    result = run_lab(Config.lab(epochs=2, hidden=3), tmp_path, log=lambda _: None)
+    assert "trajectory.png" not in {f.name for f in result.files}
+    assert not (tmp_path / "trajectory.png").exists()
 
 
 def test_lab_is_deterministic_and_independent_of_global_rng(tmp_path):

@@ -19,7 +19,9 @@ does), seeded with the lab's seed through its own generator, so the run is the s
 from __future__ import annotations
 
 import csv
+import importlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +61,10 @@ def run_lab(config: Config | None = None, out_dir: str | Path = "runs/lab", *, t
             show: bool = False, log=print) -> LabResult:
     """Train the handout's model and test it; write the loss curve, history and config to `out_dir`."""
     config = (config or Config.lab()).validate()
+    # matplotlib takes ~0.3 s to import: let a thread load it while the model trains (module imports
+    # are thread-safe; the plots wait for it below)
+    preload = threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True)
+    preload.start()
     tests = [list(s) for s in (test_sentences or TEST_SENTENCES)]
     test_ids = [sentence_ids(s, where=f"test sentence {i + 1}") for i, s in enumerate(tests)]
 
@@ -99,13 +105,14 @@ def run_lab(config: Config | None = None, out_dir: str | Path = "runs/lab", *, t
             all_states.append(states)
 
     result = LabResult(loss_history, predictions, probabilities, all_states, model=model)
-    result.files = _write_run(config, Path(out_dir), result, show)
+    preload.join()
+    result.files = _write_run(config, Path(out_dir), result, tests, show)
     for f in result.files:
         log(f"wrote {f}")
     return result
 
 
-def _write_run(config: Config, out: Path, result: LabResult, show: bool) -> list[Path]:
+def _write_run(config: Config, out: Path, result: LabResult, sentences: list[list[str]], show: bool) -> list[Path]:
     from rnnlab import plots  # matplotlib is imported only when a picture is drawn
 
     out.mkdir(parents=True, exist_ok=True)
@@ -117,5 +124,10 @@ def _write_run(config: Config, out: Path, result: LabResult, show: bool) -> list
     (out / "predictions.json").write_text(json.dumps(
         {"predictions": result.predictions, "probabilities": result.probabilities, "states": result.states},
         indent=2) + "\n")
-    curve = plots.loss_curve(result.loss_history, out / "loss_curve.png", show=show)
-    return [out / "config.json", out / "history.csv", out / "predictions.json", curve]
+    files = [out / "config.json", out / "history.csv", out / "predictions.json"]
+    files.append(plots.loss_curve(result.loss_history, out / "loss_curve.png", show=show))
+    if config.hidden == 2:  # the states are points in the plane: draw their paths (the handout's question 5)
+        m = result.model
+        files.append(plots.trajectory_2d(sentences, result.states, m.W_out.tolist(), m.b_out.tolist(),
+                                         out / "trajectory.png", show=show))
+    return files

@@ -68,14 +68,48 @@ def confusion(matrix: list[list[int]], label_names: list[str], path: Path, *, sh
     C = len(label_names)
     fig, ax = _figure(show, (1.2 * C + 2.5, 1.2 * C + 2))
     ax.imshow(matrix, cmap="Blues")
-    top = max(max(row) for row in matrix) or 1
+    low, high = min(min(row) for row in matrix), max(max(row) for row in matrix)
     for i in range(C):
-        for j in range(C):
-            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
-                    color="white" if matrix[i][j] > top / 2 else "black")
+        for j in range(C):  # white text on the darker half of the colour scale
+            dark = high > low and matrix[i][j] - low > (high - low) / 2
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color="white" if dark else "black")
     ax.set_xticks(range(C), label_names)
     ax.set_yticks(range(C), label_names)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title("Confusion matrix (test)")
+    return _save(fig, path, show)
+
+
+def trajectory_2d(sentences: list[list[str]], states: list[list[list[float]]], W_out, b_out, path: Path, *,
+                  show: bool = False) -> Path:
+    """The handout's question 5, drawn: with n = 2 each hidden state s_t is a point in the plane.
+
+    Each sentence is a path s_0 = 0 -> s_1 -> ... -> s_T with its words beside the points; the
+    background is the output layer's decision: class 1 where (W_out[1] - W_out[0]) s + (b_out[1] -
+    b_out[0]) > 0, the line between the regions is where both logits are equal.
+    """
+    import numpy as np
+
+    fig, ax = _figure(show, (6, 5.5))
+    w = [float(W_out[1][k] - W_out[0][k]) for k in range(2)]  # the logit difference, a plane in s
+    c = float(b_out[1] - b_out[0])
+    grid = np.linspace(-1.1, 1.1, 201)  # tanh keeps every state inside (-1, 1)
+    xx, yy = np.meshgrid(grid, grid)
+    ax.contourf(xx, yy, (w[0] * xx + w[1] * yy + c > 0).astype(float), levels=[-0.5, 0.5, 1.5],
+                colors=["#f4cccc", "#d9ead3"], alpha=0.8)
+    ax.contour(xx, yy, w[0] * xx + w[1] * yy + c, levels=[0.0], colors="grey", linestyles="dashed")
+    for words, path_states in zip(sentences, states):
+        points = [[0.0, 0.0], *path_states]  # s_0 = 0, then one state per word
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        (line,) = ax.plot(xs, ys, marker="o", label=" ".join(words))
+        for word, (x, y) in zip(["s_0", *words], points):
+            ax.annotate(word, (x, y), textcoords="offset points", xytext=(5, 5), color=line.get_color())
+    ax.set_xlim(-1.1, 1.1)
+    ax.set_ylim(-1.1, 1.1)
+    ax.set_xlabel("s[0]")
+    ax.set_ylabel("s[1]")
+    ax.set_title("Hidden state after each word (green: class 1, red: class 0)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path, show)
