@@ -246,8 +246,7 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
     model.load_state_dict(best.state_dict())
     test = None
     if test_ds is not None and len(test_ds):
-        test = evaluate_ids(model, encode_dataset(test_ds, vocab, config.lowercase), test_ds.labels, label_names)
-        test["unknown_rate"] = _unknown_rate(test_ds, vocab, config.lowercase)
+        test = evaluate_dataset(model, test_ds, vocab, config.lowercase, label_names)
         log(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  (best epoch by validation loss)")
     files = _write_records(out, history, test, label_names, plots)
     files += [out / "config.json", out / checkpoint.BEST, out / checkpoint.LAST]
@@ -323,10 +322,13 @@ def _resume(out: Path, config: Config, vocab: Vocab, label_names, model, optimiz
     return state
 
 
-def _unknown_rate(ds: Dataset, vocab: Vocab, lowercase: bool) -> float:
+def evaluate_dataset(model: Classifier, ds: Dataset, vocab: Vocab, lowercase: bool, label_names: list[str]) -> dict:
+    """`evaluate_ids` on a labelled data set, plus its unknown-word rate; each text is tokenised once."""
     tokens = [tokenize(t, lowercase) for t in ds.texts]
+    result = evaluate_ids(model, [vocab.encode(t) for t in tokens], ds.labels, label_names)
     total = sum(len(t) for t in tokens)
-    return sum(vocab.count_unknown(t) for t in tokens) / total if total else 0.0
+    result["unknown_rate"] = sum(vocab.count_unknown(t) for t in tokens) / total if total else 0.0
+    return result
 
 
 def _write_records(out: Path, history: list[dict], test: dict | None, label_names, draw: bool) -> list[Path]:
@@ -352,9 +354,7 @@ def evaluate(checkpoint_path, data, fmt: str | None = None, *, text_column=None,
     """Metrics of a trained model on a labelled file; labels must be among the model's classes."""
     model, config, vocab, label_names, _ = checkpoint.load_model(checkpoint_path)
     ds = load_dataset(data, fmt, text_column=text_column, label_column=label_column, label_names=label_names)
-    result = evaluate_ids(model, encode_dataset(ds, vocab, config.lowercase), ds.labels, label_names)
-    result["unknown_rate"] = _unknown_rate(ds, vocab, config.lowercase)
-    return result
+    return evaluate_dataset(model, ds, vocab, config.lowercase, label_names)
 
 
 def predict(checkpoint_path, texts: list[str]) -> list[dict]:
