@@ -41,10 +41,11 @@ def test_lab_meets_the_handouts_bar(tmp_path):
     assert width >= 300 and height >= 300
 
 
-def test_trajectory_is_drawn_only_for_two_dimensional_states(tmp_path):
-    result = run_lab(Config.lab(epochs=2, hidden=3), tmp_path, log=lambda _: None)
-    assert "trajectory.png" not in {f.name for f in result.files}
-    assert not (tmp_path / "trajectory.png").exists()
+def test_trajectory_of_larger_states_is_drawn_on_principal_components(tmp_path):
+    result = run_lab(Config.lab(epochs=2, hidden=5), tmp_path, log=lambda _: None)
+    assert "trajectory.png" in {f.name for f in result.files}
+    width, height = png_size(tmp_path / "trajectory.png")
+    assert width >= 300 and height >= 300
 
 
 def test_lab_is_deterministic_and_independent_of_global_rng(tmp_path):

@@ -118,6 +118,11 @@ class Cell:
         LSTM dgh_t = dp_t."""
         return {"W": linear(buf.dp.view(-1, buf.dp.shape[-1]).t(), h_prev.t())}
 
+    def activations(self, buf: Buffers) -> dict[str, torch.Tensor]:
+        """The gate activations of a manual forward, by name, each (T, B, H): read them after the time
+        loop and before `local_derivatives`, which overwrites them. The vanilla RNN has none."""
+        return {}
+
     def zero_state(self, B: int) -> State:
         H = self.hidden_size
         return tuple(self.W.new_zeros(B, H) for _ in range(self.n_states))
@@ -228,6 +233,11 @@ class LSTMCell(Cell):
         tanh_c = torch.tanh(c, out=buf.tanh_c_t[t])
         torch.mul(o, tanh_c, out=buf.h_t[t + 1])  # h_t = o * tanh(c_t)
 
+    def activations(self, buf: Buffers) -> dict[str, torch.Tensor]:
+        """i, f, g, o and the cell state c, each (T, B, H)."""
+        i, f, g, o = buf.gates.split(self.hidden_size, dim=2)
+        return {"i": i, "f": f, "g": g, "o": o, "c": buf.c[1:]}
+
     def local_derivatives(self, buf: Buffers) -> None:
         """For every t at once, over the gates in place: what each gate's pre-activation gradient is
         multiplied by. Afterwards buf.factor (T, B, 4H) = [g i(1-i), c_{t-1} f(1-f), i(1-g^2), tanh(c) o(1-o)]."""
@@ -321,6 +331,11 @@ class GRUCell(Cell):
         r, z = rz[:, :H], rz[:, H:]
         n = torch.addcmul(p_t[:, 2 * H :], r, gh[:, 2 * H :], out=buf.n_t[t]).tanh_()  # n_t
         torch.lerp(n, h_prev, z, out=buf.h_t[t + 1])  # h_t = n + z (h_{t-1} - n) = (1 - z) n + z h_{t-1}
+
+    def activations(self, buf: Buffers) -> dict[str, torch.Tensor]:
+        """r, z and the candidate n, each (T, B, H)."""
+        r, z = buf.rz.split(self.hidden_size, dim=2)
+        return {"r": r, "z": z, "n": buf.n}
 
     def local_derivatives(self, buf: Buffers) -> None:
         """For every t at once, in place over gh and n: buf.factor (T, B, 3H) becomes

@@ -111,12 +111,17 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
+    p.add_argument("--dist-backend", choices=["auto", "gloo", "nccl"], default="auto",
+                   help="under torchrun: the torch.distributed backend (default auto: nccl for cuda, else gloo)")
+    p.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="under torchrun: give up when another process has not answered for this long (default 300)")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> int:
     import time
 
+    from rnnlab import distributed
     from rnnlab.config import Config
     from rnnlab.train import train
 
@@ -128,9 +133,11 @@ def cmd_train(args) -> int:
                     min_freq=args.min_freq, max_vocab=args.max_vocab, val_frac=args.val_frac,
                     test_frac=args.test_frac, bucket=not args.no_bucket, seed=args.seed, device=args.device)
     out = args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
-    train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
-          text_column=_column(args.text_column), label_column=_column(args.label_column), resume=args.resume,
-          plots=not args.no_plots)
+    backend = None if args.dist_backend == "auto" else args.dist_backend
+    with distributed.launch(config.validate(), backend, args.dist_timeout) as team:  # Alone without torchrun
+        train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
+              text_column=_column(args.text_column), label_column=_column(args.label_column), resume=args.resume,
+              plots=not args.no_plots, team=team)
     return 0
 
 
@@ -224,6 +231,72 @@ def _stdin_lines() -> list[str]:
     return [line.removesuffix("\r") for line in lines if line.strip()]
 
 
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="a sentence word by word: hidden state, gates and class probabilities",
+                       description="For each word: the class probabilities if the sentence stopped there, the "
+                                   "hidden state (its top principal components when H > 8) and the mean gate "
+                                   "activations (LSTM, GRU).")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="run folder or model.pt written by `rnnlab train`")
+    model.add_argument("--lab", action="store_true", help="use the lab handout's model (trained here, about 1 s)")
+    p.add_argument("texts", nargs="*", help="sentences (default with --lab: the handout's two test sentences)")
+    p.add_argument("--out", help="also write explain.json and trajectory.png (the states' paths) to this folder")
+    p.add_argument("--json", action="store_true", help="print the traces as JSON")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args) -> int:
+    import json
+
+    from rnnlab import explain
+
+    if args.lab:
+        model, traces = explain.explain_lab(args.texts or None)
+    else:
+        texts = _texts(args.texts) if args.texts else _stdin_lines()
+        if not texts:
+            raise UserError("no text on stdin; give sentences as arguments or one per line on stdin", path="<stdin>")
+        model, traces = explain.explain_checkpoint(args.checkpoint, texts)
+    if args.json:
+        print(json.dumps([tr.to_dict() for tr in traces]))
+    else:
+        print("\n\n".join(explain.format_trace(tr) for tr in traces))
+    for f in explain.write(model, traces, args.out) if args.out else []:
+        print(f"wrote {f}")
+    return 0
+
+
+def _add_gradflow(sub) -> None:
+    p = sub.add_parser("gradflow", help="how the gradient dL/ds_t shrinks or grows with distance (question 6)",
+                       description="||dL/ds_t|| and ||ds_T/ds_t|| against t for the vanilla RNN with W at spectral "
+                                   "radius 0.5, 1, 1.5, and for the LSTM and the GRU; with and without clipping.")
+    p.add_argument("--length", type=int, default=100, help="sequence length T (default 100)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden size H (default 64)")
+    p.add_argument("--clip", type=float, default=1.0, help="clip the parameter gradient to this norm (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the random sentences (default 0)")
+    p.add_argument("--out", default="runs/gradflow", help="folder for gradflow.png and gradflow.json")
+    p.set_defaults(func=cmd_gradflow)
+
+
+def cmd_gradflow(args) -> int:
+    import json
+    from pathlib import Path
+
+    from rnnlab import gradflow
+
+    if args.length < 2 or args.hidden < 1 or args.clip <= 0:
+        raise UserError("need --length >= 2, --hidden >= 1 and --clip > 0, e.g. --length 100 --hidden 64 --clip 1")
+    flows = gradflow.run(length=args.length, hidden=args.hidden, clip=args.clip, seed=args.seed)
+    print(gradflow.format_table(flows, args.clip))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gradflow.json").write_text(json.dumps({"length": args.length, "hidden": args.hidden, "clip": args.clip,
+                                                   "seed": args.seed, "flows": [f.to_dict() for f in flows]}) + "\n")
+    for f in (out / "gradflow.json", gradflow.plot(flows, out / "gradflow.png", clip=args.clip)):
+        print(f"wrote {f}")
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="training throughput against torch.nn + torch.optim (benchmarks/bench_train.py)",
                        description="Runs benchmarks/bench_train.py of a source checkout; arguments after `bench` "
@@ -257,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_explain(sub)
+    _add_gradflow(sub)
     _add_bench(sub)
     return parser
 

@@ -57,17 +57,8 @@ def sentence_ids(words: list[str], where: str = "sentence") -> torch.Tensor:
     return torch.tensor([[VOCAB[w] for w in words]])
 
 
-def run_lab(config: Config | None = None, out_dir: str | Path = "runs/lab", *, test_sentences=None,
-            show: bool = False, log=print) -> LabResult:
-    """Train the handout's model and test it; write the loss curve, history and config to `out_dir`."""
-    config = (config or Config.lab()).validate()
-    # matplotlib takes ~0.3 s to import: let a thread load it while the model trains (module imports
-    # are thread-safe; the plots wait for it below)
-    preload = threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True)
-    preload.start()
-    tests = [list(s) for s in (test_sentences or TEST_SENTENCES)]
-    test_ids = [sentence_ids(s, where=f"test sentence {i + 1}") for i, s in enumerate(tests)]
-
+def train_lab_model(config: Config, log=print) -> tuple[Classifier, list[float]]:
+    """Steps 2-5 of the handout: the model, and its training on the two sentences; (model, loss per epoch)."""
     torch.manual_seed(config.seed)  # as the handout does; the model also seeds its own generator
     model = Classifier(len(VOCAB), config.hidden, 2, cell=config.cell, phi=config.phi, embed_dim=None,
                        backward=config.backward, seed=config.seed)
@@ -87,6 +78,21 @@ def run_lab(config: Config | None = None, out_dir: str | Path = "runs/lab", *, t
         loss_history.append(total_loss)
         if (epoch + 1) % 50 == 0:
             log(f"Epoch [{epoch + 1}/{config.epochs}] - Loss: {total_loss:.4f}")
+    return model, loss_history
+
+
+def run_lab(config: Config | None = None, out_dir: str | Path = "runs/lab", *, test_sentences=None,
+            show: bool = False, log=print) -> LabResult:
+    """Train the handout's model and test it; write the loss curve, history and config to `out_dir`."""
+    config = (config or Config.lab()).validate()
+    # matplotlib takes ~0.3 s to import: let a thread load it while the model trains (module imports
+    # are thread-safe; the plots wait for it below)
+    preload = threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True)
+    preload.start()
+    tests = [list(s) for s in (test_sentences or TEST_SENTENCES)]
+    test_ids = [sentence_ids(s, where=f"test sentence {i + 1}") for i, s in enumerate(tests)]
+
+    model, loss_history = train_lab_model(config, log)
 
     # 7. Test after training, with the hidden state after each word (the handout's question 5)
     log("\n==== Testing ====")
@@ -114,6 +120,7 @@ def run_lab(config: Config | None = None, out_dir: str | Path = "runs/lab", *, t
 
 def _write_run(config: Config, out: Path, result: LabResult, sentences: list[list[str]], show: bool) -> list[Path]:
     from rnnlab import plots  # matplotlib is imported only when a picture is drawn
+    from rnnlab.explain import plot_trajectories, trace
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json() + "\n")
@@ -126,8 +133,8 @@ def _write_run(config: Config, out: Path, result: LabResult, sentences: list[lis
         indent=2) + "\n")
     files = [out / "config.json", out / "history.csv", out / "predictions.json"]
     files.append(plots.loss_curve(result.loss_history, out / "loss_curve.png", show=show))
-    if config.hidden == 2:  # the states are points in the plane: draw their paths (the handout's question 5)
-        m = result.model
-        files.append(plots.trajectory_2d(sentences, result.states, m.W_out.tolist(), m.b_out.tolist(),
-                                         out / "trajectory.png", show=show))
+    # the handout's question 5: each sentence's path through the state plane (n = 2), or through the plane of
+    # its top two principal components (n > 2)
+    traces = [trace(result.model, sentence_ids(s)[0].tolist(), s, ["0", "1"]) for s in sentences]
+    files.append(plot_trajectories(result.model, traces, out / "trajectory.png", show=show))
     return files

@@ -23,6 +23,23 @@ def _figure(show: bool, figsize: tuple[float, float]):
     return fig, fig.subplots()
 
 
+def figure_grid(rows: int, cols: int, figsize: tuple[float, float], *, show: bool = False):
+    """(fig, axes) with rows x cols panels, headless unless show, as `_figure`; save it with `save`."""
+    if show:
+        import matplotlib.pyplot as plt
+
+        return plt.subplots(rows, cols, figsize=figsize)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols)
+
+
+def save(fig, path: Path, show: bool = False) -> Path:
+    """Write `fig` as a PNG (creating its folder) and return the path; show it first if asked."""
+    return _save(fig, path, show)
+
+
 def _save(fig, path: Path, show: bool) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,35 +98,61 @@ def confusion(matrix: list[list[int]], label_names: list[str], path: Path, *, sh
     return _save(fig, path, show)
 
 
-def trajectory_2d(sentences: list[list[str]], states: list[list[list[float]]], W_out, b_out, path: Path, *,
-                  show: bool = False) -> Path:
-    """The handout's question 5, drawn: with n = 2 each hidden state s_t is a point in the plane.
+def memory_sweep(rows: list[dict], chance: float, path: Path, *, show: bool = False) -> Path:
+    """Test accuracy against the distance D of the memory task: one line per cell, chance dashed."""
+    fig, ax = _figure(show, (6, 4))
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        points = sorted((r["distance"], r["accuracy"]) for r in rows if r["cell"] == cell)
+        ax.plot([d for d, _ in points], [a for _, a in points], marker="o", label=cell)
+    ax.axhline(chance, color="grey", linestyle="dashed", label=f"chance (1/{round(1 / chance)})")
+    ax.set_xscale("log")  # D spans 5..100: equal ratios, equal spacing
+    distances = sorted({r["distance"] for r in rows})
+    ax.set_xticks(distances, [str(d) for d in distances])
+    ax.minorticks_off()
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("Distractors D between the signal and the answer")
+    ax.set_ylabel("Test accuracy")
+    ax.set_title("Long-range memory: remember the first token")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path, show)
 
-    Each sentence is a path s_0 = 0 -> s_1 -> ... -> s_T with its words beside the points; the
-    background is the output layer's decision: class 1 where (W_out[1] - W_out[0]) s + (b_out[1] -
-    b_out[0]) > 0, the line between the regions is where both logits are equal.
+
+def trajectory(sentences: list[list[str]], paths: list[list[list[float]]], boundary, path: Path, *,
+               axes: tuple[str, str], title: str, limits: tuple[float, float] | None = None,
+               show: bool = False) -> Path:
+    """Paths of 2-D points p_0 -> p_1 -> ... -> p_T, one per sentence, the words beside the points: the
+    hidden states of the handout's question 5 (see `explain.plot_trajectories`).
+
+    boundary = (w, c) or None: the plane is shaded green where w . p + c > 0 (class 1) and red
+    elsewhere, with the line w . p + c = 0 dashed; None leaves the plane blank (more than 2 classes).
     """
     import numpy as np
 
     fig, ax = _figure(show, (6, 5.5))
-    w = [float(W_out[1][k] - W_out[0][k]) for k in range(2)]  # the logit difference, a plane in s
-    c = float(b_out[1] - b_out[0])
-    grid = np.linspace(-1.1, 1.1, 201)  # tanh keeps every state inside (-1, 1)
-    xx, yy = np.meshgrid(grid, grid)
-    ax.contourf(xx, yy, (w[0] * xx + w[1] * yy + c > 0).astype(float), levels=[-0.5, 0.5, 1.5],
-                colors=["#f4cccc", "#d9ead3"], alpha=0.8)
-    ax.contour(xx, yy, w[0] * xx + w[1] * yy + c, levels=[0.0], colors="grey", linestyles="dashed")
-    for words, path_states in zip(sentences, states):
-        points = [[0.0, 0.0], *path_states]  # s_0 = 0, then one state per word
+    pts = np.array([p for ps in paths for p in ps], dtype=float)
+    if limits is None:  # the points' box with a margin
+        span = max(float(np.ptp(pts, axis=0).max()), 1e-6)
+        lo, hi = pts.min(axis=0) - 0.15 * span, pts.max(axis=0) + 0.15 * span
+    else:
+        lo, hi = np.array([limits[0]] * 2), np.array([limits[1]] * 2)
+    if boundary is not None:
+        (w0, w1), c = boundary
+        xx, yy = np.meshgrid(np.linspace(lo[0], hi[0], 201), np.linspace(lo[1], hi[1], 201))
+        d = w0 * xx + w1 * yy + c
+        ax.contourf(xx, yy, (d > 0).astype(float), levels=[-0.5, 0.5, 1.5], colors=["#f4cccc", "#d9ead3"], alpha=0.8)
+        if d.min() < 0 < d.max():
+            ax.contour(xx, yy, d, levels=[0.0], colors="grey", linestyles="dashed")
+    for words, points in zip(sentences, paths):
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         (line,) = ax.plot(xs, ys, marker="o", label=" ".join(words))
         for word, (x, y) in zip(["s_0", *words], points):
             ax.annotate(word, (x, y), textcoords="offset points", xytext=(5, 5), color=line.get_color())
-    ax.set_xlim(-1.1, 1.1)
-    ax.set_ylim(-1.1, 1.1)
-    ax.set_xlabel("s[0]")
-    ax.set_ylabel("s[1]")
-    ax.set_title("Hidden state after each word (green: class 1, red: class 0)")
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path, show)

@@ -54,7 +54,7 @@ def _mask(lengths: torch.Tensor | None, T: int, B: int, device) -> torch.Tensor 
     return (torch.arange(T, device=device)[:, None] < lengths[None, :]).unsqueeze(-1)
 
 
-def _input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
+def input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
     """p_t = U x_t + b for every step at once, from time-major x: (T, B) ids or (T, B, E); (T, B, G*H).
 
     Token ids select columns of U: U @ onehot(id) == U[:, id]. The lookup gives the same numbers as
@@ -99,7 +99,7 @@ def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: tor
         return out[0], tuple(out[1:])
     if backward != "autograd":
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    p = _input_projection(cell, x)  # (T, B, G*H)
+    p = input_projection(cell, x)  # (T, B, G*H)
     outputs = []
     for t in range(T):
         new = cell.step(p[t], state)
@@ -126,6 +126,61 @@ def retain_buffers():
         _retain_buffers = previous
 
 
+def manual_forward(cell: Cell, x: torch.Tensor, state: State | None = None,
+                   mask: torch.Tensor | None = None) -> Buffers:
+    """The manual forward pass without autograd: time-major x ((T, B) ids or (T, B, E)) -> the cell's
+    buffers, with s_0..s_T in `buf.h` (and c_0..c_T in `buf.c` for the LSTM) and the cell's gate
+    activations (see `Cell.activations`). Padded rows (mask False) keep s_{t-1}."""
+    T, B = x.shape[:2]
+    buf = cell.buffers(input_projection(cell, x))  # starts from U x_t + b for every t   (T, B, G*H)
+    state = cell.zero_state(B) if state is None else state
+    buf.h[0] = state[0]
+    if cell.n_states == 2:
+        buf.c[0] = state[1]
+    for t in range(T):
+        cell.forward_t(t, buf)  # writes s_t into buf.h[t + 1] (and c_t into buf.c[t + 1])
+        if mask is not None:  # padded rows keep s_{t-1}
+            torch.where(mask[t], buf.h_t[t + 1], buf.h_t[t], out=buf.h_t[t + 1])
+            if cell.n_states == 2:
+                torch.where(mask[t], buf.c_t[t + 1], buf.c_t[t], out=buf.c_t[t + 1])
+    return buf
+
+
+def bptt(cell: Cell, buf: Buffers, dh: torch.Tensor, d_out: torch.Tensor | None = None,
+         mask: torch.Tensor | None = None, on_step=None) -> torch.Tensor:
+    """The time loop of the hand-written backward, over buffers prepared by `local_derivatives` and
+    `scratch`: dh = dL/ds_T (and buf.dc = dL/dc_T) in, dL/ds_0 out; dp_t and dgh_t land in buf.
+
+    d_out (T, B, H), if given, is the gradient arriving at each output s_t. `on_step(t, dh, dc)`, if
+    given, sees dL/ds_t (and dL/dc_t, else None) for t = T..1 before step t is undone; `rnnlab
+    gradflow` records the gradient norms there. It must not change them."""
+    if d_out is not None and mask is not None:
+        d_out = d_out * mask  # padded outputs are constants (zero)
+    not_mask = None if mask is None else ~mask
+    dc = buf.dc if cell.n_states == 2 else None
+    # invariant: entering step t, dh = dL/ds_t (and buf.dc = dL/dc_t); leaving it, dL/ds_{t-1} (and dc_{t-1})
+    for t in reversed(range(buf.h.shape[0] - 1)):
+        if d_out is not None:
+            dh += d_out[t]  # s_t also feeds the output at step t
+        if on_step is not None:
+            on_step(t + 1, dh, dc)
+        if mask is None:
+            cell.backward_t(t, dh, buf)  # writes dp[t], dgh[t], ds_{t-1} (buf.dh_prev, buf.dc)
+            dh, buf.dh_prev = buf.dh_prev, dh  # swap: ds_{t-1} becomes the gradient to carry on
+            continue
+        # padded rows: s_t = s_{t-1}, so their gradient passes through unchanged
+        m, keep = mask[t], not_mask[t]
+        dc_keep = dc * keep if dc is not None else None
+        if dc_keep is not None:
+            dc.mul_(m)
+        cell.backward_t(t, dh * m, buf)
+        buf.dh_prev.addcmul_(dh, keep)
+        if dc_keep is not None:
+            dc.add_(dc_keep)
+        dh, buf.dh_prev = buf.dh_prev, dh
+    return dh
+
+
 class _ManualBPTT(torch.autograd.Function):
     """Forward without autograd into preallocated buffers; backward is the hand-derived BPTT."""
 
@@ -136,16 +191,7 @@ class _ManualBPTT(torch.autograd.Function):
         T, B = x.shape[:2]
         for s in state:
             assert s.dtype == cell.W.dtype and s.device == cell.W.device, "the state must match the weights"
-        buf = cell.buffers(_input_projection(cell, x))  # starts from U x_t + b for every t   (T, B, G*H)
-        buf.h[0] = state[0]
-        if n_states == 2:
-            buf.c[0] = state[1]
-        for t in range(T):
-            cell.forward_t(t, buf)  # writes s_t into buf.h[t + 1] (and c_t into buf.c[t + 1])
-            if mask is not None:  # padded rows keep s_{t-1}
-                torch.where(mask[t], buf.h_t[t + 1], buf.h_t[t], out=buf.h_t[t + 1])
-                if n_states == 2:
-                    torch.where(mask[t], buf.c_t[t + 1], buf.c_t[t], out=buf.c_t[t + 1])
+        buf = manual_forward(cell, x, state, mask)
         cell.local_derivatives(buf)  # the gates' local derivatives, for all steps at once
         # (the local derivatives of padded steps come from states that the mask then discards; the
         # backward multiplies them by a zero gradient, so they never count)
@@ -180,27 +226,7 @@ class _ManualBPTT(torch.autograd.Function):
             buf.dc.copy_(d_final[1])
         elif cell.n_states == 2:
             buf.dc.zero_()
-        if d_out is not None and mask is not None:
-            d_out = d_out * mask  # padded outputs are constants (zero)
-        not_mask = None if mask is None else ~mask
-        # invariant: entering step t, dh = dL/ds_t (and buf.dc = dL/dc_t); leaving it, dL/ds_{t-1} (and dc_{t-1})
-        for t in reversed(range(T)):
-            if d_out is not None:
-                dh += d_out[t]  # s_t also feeds the output at step t
-            if mask is None:
-                cell.backward_t(t, dh, buf)  # writes dp[t], dgh[t], ds_{t-1} (buf.dh_prev, buf.dc)
-                dh, buf.dh_prev = buf.dh_prev, dh  # swap: ds_{t-1} becomes the gradient to carry on
-                continue
-            # padded rows: s_t = s_{t-1}, so their gradient passes through unchanged
-            m, keep = mask[t], not_mask[t]
-            dc_keep = buf.dc * keep if cell.n_states == 2 else None
-            if dc_keep is not None:
-                buf.dc.mul_(m)
-            cell.backward_t(t, dh * m, buf)
-            buf.dh_prev.addcmul_(dh, keep)
-            if dc_keep is not None:
-                buf.dc.add_(dc_keep)
-            dh, buf.dh_prev = buf.dh_prev, dh
+        dh = bptt(cell, buf, dh, d_out, mask)  # dL/ds_0, and dp_t, dgh_t for every t in buf
         # weight gradients: one matmul each over all steps
         dp = buf.dp.view(-1, GH)
         grads = cell.weight_grads(buf, buf.h[:-1].reshape(-1, H))  # dW = sum_t dgh_t^T s_{t-1}

@@ -1,0 +1,201 @@
+"""Look inside a trained classifier, one word at a time (`rnnlab explain`): the handout's question 5.
+
+For a sentence w_1 .. w_T the trace holds, after each word t:
+
+    s_t                          the hidden state (all of it for small H; the top principal components otherwise)
+    gates                        i, f, g, o (and c) for the LSTM; r, z, n for the GRU; each (H,)
+    p_t = softmax(W_out s_t + b_out)   the class probabilities the model would give if the sentence
+                                       stopped at word t; p_T is what `predict` answers
+
+The states and gates come from the manual forward pass (`recurrent.manual_forward`), which keeps
+every step's gate activations in its buffers; no gradient is computed.
+
+Principal components: the states of a set of sentences (s_1..s_T of each, stacked as rows) are
+centred, S - mean = U Sigma V^T, and a state is shown as its coordinates on the first k rows of V^T.
+The sign of each component is fixed so that its largest loading is positive, so the same states
+always give the same picture.
+
+Left out: attributions (saliency, integrated gradients), attention-style word weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rnnlab.model import Classifier
+from rnnlab.recurrent import manual_forward
+
+FULL_STATE_MAX = 8  # states up to this size are shown whole; larger ones by their principal components
+
+
+@dataclass
+class Trace:
+    text: str
+    tokens: list[str]
+    known: list[bool]  # False where the word is not in the vocabulary (it was read as <unk>)
+    states: torch.Tensor  # (T, H): s_1 .. s_T
+    gates: dict[str, torch.Tensor]  # name -> (T, H); empty for the vanilla RNN
+    probs: torch.Tensor  # (T, C): softmax(W_out s_t + b_out) after each word
+    label_names: list[str]
+
+    @property
+    def label(self) -> str:
+        """The predicted label: argmax of the probabilities after the last word."""
+        return self.label_names[int(self.probs[-1].argmax())]
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "tokens": self.tokens, "known": self.known, "label": self.label,
+                "label_names": self.label_names, "probs": self.probs.tolist(), "states": self.states.tolist(),
+                "gates": {k: v.tolist() for k, v in self.gates.items()}}
+
+
+@torch.no_grad()
+def trace(model: Classifier, ids: list[int], tokens: list[str], label_names: list[str], *, text: str = "",
+          known: list[bool] | None = None) -> Trace:
+    """Run one encoded sentence through the model and keep everything it computes on the way."""
+    assert len(ids) == len(tokens) >= 1, "one id per token, at least one token"
+    x = torch.tensor([ids], device=model.W_out.device).t()  # (T, 1), time-major
+    if model.E is not None:
+        x = F.embedding(x, model.E)  # (T, 1, D)
+    buf = manual_forward(model.cell, x)
+    gates = {name: a[:, 0].cpu().clone() for name, a in model.cell.activations(buf).items()}
+    states = buf.h[1:, 0]  # (T, H): s_1 .. s_T
+    probs = torch.softmax(model.logits(states), dim=-1)  # p_t = softmax(W_out s_t + b_out)
+    return Trace(text or " ".join(tokens), list(tokens), list(known or [True] * len(tokens)), states.cpu().clone(),
+                 gates, probs.cpu(), list(label_names))
+
+
+def explain_texts(model: Classifier, vocab, texts: list[str], label_names: list[str], lowercase: bool) -> list[Trace]:
+    """`trace` for raw texts, tokenised and encoded as training did."""
+    from rnnlab.data import tokenize
+
+    traces = []
+    for text in texts:
+        tokens = tokenize(text, lowercase)
+        traces.append(trace(model, vocab.encode(tokens), tokens, label_names, text=text,
+                            known=[t in vocab.stoi for t in tokens]))
+    return traces
+
+
+def explain_checkpoint(path, texts: list[str]) -> tuple[Classifier, list[Trace]]:
+    """(model, traces) for raw texts, with a model trained by `rnnlab train` (a run folder or model.pt)."""
+    from rnnlab import checkpoint
+
+    model, config, vocab, label_names, _ = checkpoint.load_model(path)
+    return model, explain_texts(model, vocab, texts, label_names, config.lowercase)
+
+
+def explain_lab(texts: list[str] | None = None) -> tuple[Classifier, list[Trace]]:
+    """(model, traces) with the lab handout's model, trained here as `rnnlab lab` trains it (about a second).
+    The lab's words are split on spaces and kept case-sensitive; default: the handout's two test sentences."""
+    from rnnlab.config import Config
+    from rnnlab.lab import TEST_SENTENCES, sentence_ids, train_lab_model
+
+    sentences = [t.split() for t in texts] if texts else [list(s) for s in TEST_SENTENCES]
+    ids = [sentence_ids(s, where=f"sentence {i + 1}")[0].tolist() for i, s in enumerate(sentences)]  # check first
+    model, _ = train_lab_model(Config.lab(), log=lambda _: None)
+    return model, [trace(model, i, s, ["0", "1"]) for i, s in zip(ids, sentences)]
+
+
+def write(model: Classifier, traces: list[Trace], out_dir) -> list:
+    """explain.json (every number of the traces) and trajectory.png in `out_dir`; their paths."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "explain.json").write_text(json.dumps([tr.to_dict() for tr in traces], indent=1) + "\n")
+    return [out / "explain.json", plot_trajectories(model, traces, out / "trajectory.png")]
+
+
+# -- principal components ----------------------------------------------------------------------------
+@dataclass
+class PCA:
+    mean: torch.Tensor  # (H,)
+    components: torch.Tensor  # (k, H): orthonormal rows, the directions of largest variance first
+    explained: torch.Tensor  # (k,): fraction of the total variance along each component
+
+    def project(self, s: torch.Tensor) -> torch.Tensor:
+        """(N, H) states -> (N, k) coordinates: (s - mean) V_k^T"""
+        return (s - self.mean) @ self.components.t()
+
+
+def fit_pca(states: torch.Tensor, k: int) -> PCA:
+    """Principal components of the rows of `states` (N, H), by the SVD of the centred rows."""
+    S = states.double()
+    mean = S.mean(dim=0)
+    _, sigma, Vt = torch.linalg.svd(S - mean, full_matrices=False)  # S - mean = U diag(sigma) V^T
+    k = min(k, Vt.shape[0])
+    V = Vt[:k]
+    signs = torch.sign(V.gather(1, V.abs().argmax(dim=1, keepdim=True)))  # largest loading positive
+    V = V * torch.where(signs == 0, 1.0, signs)
+    variance = sigma**2
+    total = variance.sum()
+    explained = variance[:k] / total if total > 0 else torch.zeros(k, dtype=S.dtype)
+    return PCA(mean.to(states.dtype), V.to(states.dtype), explained.to(states.dtype))
+
+
+# -- text output ---------------------------------------------------------------------------------------
+def format_trace(tr: Trace, pca: PCA | None = None) -> str:
+    """A per-word table: the word, p(class) if the sentence stopped there, the state, the gates' means."""
+    H = tr.states.shape[1]
+    if pca is None and H > FULL_STATE_MAX:
+        pca = fit_pca(tr.states, 3)
+    if pca is None:
+        state_cols = [f"s[{j}]" for j in range(H)]
+        state_vals = tr.states
+    else:
+        state_cols = [f"pc{j + 1}" for j in range(pca.components.shape[0])]
+        state_vals = pca.project(tr.states)
+    gate_cols = [f"mean {g}" for g in tr.gates]
+    width = max(8, *(len(t) + (1 if not k else 0) for t, k in zip(tr.tokens, tr.known)))
+    head = [f"{'word':<{width}}", *(f"p({n})"[:9].rjust(9) for n in tr.label_names),
+            *(c.rjust(8) for c in state_cols), *(c.rjust(8) for c in gate_cols)]
+    lines = [f"{tr.text!r} -> {tr.label}", "  ".join(head)]
+    for t, token in enumerate(tr.tokens):
+        word = token if tr.known[t] else token + "*"
+        row = [f"{word:<{width}}", *(f"{p:9.4f}" for p in tr.probs[t].tolist()),
+               *(f"{v:+8.4f}" for v in state_vals[t].tolist()),
+               *(f"{float(a[t].mean()):8.4f}" for a in tr.gates.values())]
+        lines.append("  ".join(row))
+    notes = []
+    if pca is not None:
+        shares = ", ".join(f"{100 * float(e):.0f}%" for e in pca.explained)
+        notes.append(f"state shown as its top principal components (variance explained {shares}; H = {H})")
+    if tr.gates:
+        notes.append("gates: mean over the H units")
+    if not all(tr.known):
+        notes.append("* not in the vocabulary, read as <unk>")
+    return "\n".join(lines + [f"  ({n})" for n in notes])
+
+
+# -- picture ---------------------------------------------------------------------------------------------
+def plot_trajectories(model: Classifier, traces: list[Trace], path, *, pca: PCA | None = None, show: bool = False):
+    """Each sentence's path s_0 = 0 -> s_1 -> ... -> s_T, with the output layer's decision boundary.
+
+    H = 2: the states themselves. Otherwise their coordinates z on the top two principal components
+    (fitted on these sentences' states unless `pca` is given); the boundary drawn is the one within
+    that plane: with s = mean + V^T z, w . s + c = (V w) . z + (w . mean + c), w = W_out[1] - W_out[0].
+    """
+    from rnnlab import plots  # matplotlib only when drawing
+
+    H = model.hidden_size
+    W_out, b_out = model.W_out.detach().cpu(), model.b_out.detach().cpu()
+    w, c = (W_out[1] - W_out[0], float(b_out[1] - b_out[0])) if model.num_classes == 2 else (None, None)
+    words = [tr.tokens for tr in traces]
+    paths = [torch.cat((torch.zeros(1, H), tr.states)) for tr in traces]  # s_0 = 0, then one state per word
+    if H == 2 and pca is None:
+        boundary = None if w is None else (w.tolist(), c)
+        return plots.trajectory(words, [p.tolist() for p in paths], boundary, path, axes=("s[0]", "s[1]"),
+                                limits=(-1.1, 1.1),  # every cell's h_t lies in (-1, 1)
+                                title="Hidden state after each word (green: class 1, red: class 0)", show=show)
+    pca = pca or fit_pca(torch.cat([tr.states for tr in traces]), 2)
+    boundary = None if w is None else ((pca.components @ w).tolist(), float(w @ pca.mean) + c)
+    share = ", ".join(f"{100 * float(e):.0f}%" for e in pca.explained)
+    return plots.trajectory(words, [pca.project(p).tolist() for p in paths], boundary, path,
+                            axes=("principal component 1", "principal component 2"),
+                            title=f"Hidden states (H = {H}) on their top 2 principal components ({share} of variance)",
+                            show=show)

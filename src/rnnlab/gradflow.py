@@ -1,0 +1,174 @@
+"""Why RNNs are hard to train, measured (`rnnlab gradflow`): the handout's question 6.
+
+A loss on the last state, L = CE(W_out s_T + b_out, y), reaches an earlier state only through every
+step in between. Backpropagation through time (the hand BPTT of `recurrent.bptt`) carries
+
+    dL/ds_{t-1} = J_t^T dL/ds_t,      J_t = ds_t/ds_{t-1} = diag(1 - s_t^2) W     (vanilla RNN, tanh)
+
+so ||dL/ds_t|| is multiplied by one Jacobian per step of distance from T. When the Jacobians shrink
+vectors (spectral radius of W below one, or saturated units) the gradient vanishes exponentially; when
+they stretch them it explodes. The LSTM's cell path c_t = f_t c_{t-1} + i_t g_t multiplies by the
+forget gate instead of by W, and the GRU's h_t = z_t h_{t-1} + (1 - z_t) n_t by the update gate.
+
+For each setup this module measures, on random sentences of length T:
+
+    ||dL/ds_t||         t = 1..T, the norm of the gradient at each state (over the batch), from the hand BPTT
+    ||ds_T/ds_t||_2     the spectral norm of the Jacobian of the last state with respect to s_t (mean over
+                        a few sequences), from the same BPTT started from each unit vector of s_T at once
+    ratio               ||dL/ds_1|| / ||dL/ds_T||
+    ||g||               the norm of the whole parameter gradient, before and after clipping it to `clip`
+
+Clipping rescales the whole gradient by one factor min(1, clip / ||g||), so it bounds the size of an
+exploding update, but it leaves the ratio, and so a vanishing gradient, exactly as it was.
+
+Setups: the vanilla RNN with W rescaled to spectral radius rho in {0.5, 1.0, 1.5}, then the LSTM and the
+GRU as initialised (uniform in +-1/sqrt(H), torch.nn's default). Inputs are random token ids through a
+random N(0, 1) embedding (as `Classifier` initialises it); labels are random.
+Left out: training dynamics (this is the gradient at initialisation), several layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rnnlab.model import Classifier
+from rnnlab.optim import clip_grad_norm
+from rnnlab.recurrent import bptt, manual_forward
+
+SETUPS = (("rnn", 0.5), ("rnn", 1.0), ("rnn", 1.5), ("lstm", None), ("gru", None))
+
+
+@dataclass
+class Flow:
+    name: str  # e.g. "rnn rho=0.5"
+    dL_ds: list[float]  # ||dL/ds_t|| for t = 1..T
+    ds_T_ds: list[float]  # ||ds_T/ds_t||_2 for t = 1..T (1 at t = T)
+    grad_norm: float  # ||dL/dtheta|| over every parameter, before clipping
+    clipped_norm: float  # the same after clipping to `clip`
+
+    @property
+    def ratio(self) -> float:
+        """||dL/ds_1|| / ||dL/ds_T||"""
+        return self.dL_ds[0] / self.dL_ds[-1]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "ratio": self.ratio, "grad_norm": self.grad_norm,
+                "clipped_norm": self.clipped_norm, "dL_ds": self.dL_ds, "ds_T_ds": self.ds_T_ds}
+
+
+def set_spectral_radius(W: torch.Tensor, rho: float) -> None:
+    """W <- W * rho / max |eigenvalue of W|, in place."""
+    with torch.no_grad():
+        radius = torch.linalg.eigvals(W.double()).abs().max()
+        W.mul_(rho / float(radius))
+
+
+def make_model(cell: str, rho: float | None, *, hidden: int, embed_dim: int, vocab_size: int,
+               seed: int) -> Classifier:
+    # float64: at T = 100 the gradient at s_1 can be 1e-40 of the one at s_T, below float32's range
+    model = Classifier(vocab_size, hidden, 2, cell=cell, embed_dim=embed_dim, backward="manual", seed=seed,
+                       dtype=torch.float64)
+    if rho is not None:
+        set_spectral_radius(model.cell.W, rho)
+    return model
+
+
+def state_gradients(model: Classifier, ids: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """dL/ds_t for t = 1..T, (T, B, H), by the hand BPTT; L = mean cross-entropy of W_out s_T + b_out."""
+    with torch.no_grad():
+        x = ids.t() if model.E is None else F.embedding(ids.t(), model.E)  # time-major
+        buf = manual_forward(model.cell, x)
+        s_T = buf.h[-1].clone()
+        p = torch.softmax(model.logits(s_T), dim=-1)
+        dlogits = (p - F.one_hot(y, p.shape[1]).to(p.dtype)) / len(y)  # d mean CE / d logits
+        return _backward(model, buf, x, dlogits @ model.W_out)  # dL/ds_T = W_out^T dlogits
+
+
+def final_state_jacobians(model: Classifier, ids: torch.Tensor) -> torch.Tensor:
+    """ds_T/ds_t for t = 1..T, (T, B, H, H) with [t, b, i, j] = d s_T[i] / d s_t[j] of sequence b.
+
+    Each sequence is repeated H times in one batch, and the BPTT of copy i starts from the unit
+    vector e_i at s_T: what arrives at s_t is then row i of the Jacobian."""
+    B, T = ids.shape
+    H = model.hidden_size
+    with torch.no_grad():
+        rep = ids.repeat_interleave(H, dim=0)  # (B*H, T): copy i of sequence b is row b*H + i
+        x = rep.t() if model.E is None else F.embedding(rep.t(), model.E)
+        buf = manual_forward(model.cell, x)
+        dh_T = torch.eye(H, dtype=buf.h.dtype).repeat(B, 1)  # e_i for copy i
+        return _backward(model, buf, x, dh_T).view(T, B, H, H)
+
+
+def _backward(model: Classifier, buf, x, dh_T: torch.Tensor) -> torch.Tensor:
+    """Run `recurrent.bptt` from dL/ds_T = dh_T (and dL/dc_T = 0) and keep dL/ds_t of every step."""
+    cell = model.cell
+    T, B = x.shape[:2]
+    cell.local_derivatives(buf)
+    cell.scratch(buf, T, B, cell.W, reuse=True)
+    if cell.n_states == 2:
+        buf.dc.zero_()
+    ds = buf.h.new_empty(T, B, model.hidden_size)
+
+    def record(t, dh, dc):  # dh = dL/ds_t, t = T..1
+        ds[t - 1] = dh
+
+    bptt(cell, buf, dh_T.clone(), on_step=record)
+    return ds
+
+
+def measure(cell: str, rho: float | None = None, *, length: int = 100, batch: int = 16, hidden: int = 64,
+            embed_dim: int = 32, vocab_size: int = 1000, clip: float = 1.0, jacobian_sequences: int = 4,
+            seed: int = 0) -> Flow:
+    """One setup: the gradient at every state, the Jacobians of s_T, and the parameter gradient's norm."""
+    model = make_model(cell, rho, hidden=hidden, embed_dim=embed_dim, vocab_size=vocab_size, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    ids = torch.randint(0, vocab_size, (batch, length), generator=g)
+    y = torch.randint(0, 2, (batch,), generator=g)
+    dL_ds = state_gradients(model, ids, y).flatten(1).norm(dim=1)  # ||dL/ds_t|| over the batch
+    J = final_state_jacobians(model, ids[:jacobian_sequences])  # (T, b, H, H)
+    ds_T_ds = torch.linalg.matrix_norm(J, ord=2).mean(dim=1)  # spectral norm, mean over the sequences
+    # the whole parameter gradient, through the training path (model forward, loss.backward), then clipped
+    loss = F.cross_entropy(model(ids), y)
+    loss.backward()
+    params = model.parameters()
+    norm = float(clip_grad_norm(params, clip))
+    clipped = float(torch.sqrt(sum((p.grad * p.grad).sum() for p in params)))
+    name = f"{cell} rho={rho:g}" if rho is not None else cell
+    return Flow(name, dL_ds.tolist(), ds_T_ds.tolist(), norm, clipped)
+
+
+def run(*, length: int = 100, clip: float = 1.0, seed: int = 0, setups=SETUPS, **kw) -> list[Flow]:
+    return [measure(cell, rho, length=length, clip=clip, seed=seed, **kw) for cell, rho in setups]
+
+
+def format_table(flows: list[Flow], clip: float) -> str:
+    lines = [f"{'setup':<14} {'|dL/ds_1|/|dL/ds_T|':>20} {'|ds_T/ds_1|':>12} {'|g| unclipped':>14} "
+             f"{f'|g| clip {clip:g}':>12}"]
+    for f in flows:
+        lines.append(f"{f.name:<14} {f.ratio:20.3e} {f.ds_T_ds[0]:12.3e} {f.grad_norm:14.3e} {f.clipped_norm:12.3e}")
+    return "\n".join(lines)
+
+
+def plot(flows: list[Flow], path, *, clip: float, show: bool = False):
+    """Two panels on a log scale against t: ||dL/ds_t|| (dashed: after clipping) and ||ds_T/ds_t||."""
+    from rnnlab import plots
+
+    fig, (left, right) = plots.figure_grid(1, 2, (12, 4.5), show=show)
+    for f in flows:
+        t = range(1, len(f.dL_ds) + 1)
+        (line,) = left.plot(t, f.dL_ds, label=f"{f.name}  (ratio {f.ratio:.1e})")
+        scale = f.clipped_norm / f.grad_norm if f.grad_norm > 0 else 1.0
+        if scale < 1:  # clipping shrinks every dL/ds_t by the same factor
+            left.plot(t, [v * scale for v in f.dL_ds], color=line.get_color(), linestyle="dashed")
+        right.plot(t, f.ds_T_ds, label=f.name, color=line.get_color())
+    left.set_title(f"||dL/ds_t|| (dashed: the same after clipping to {clip:g})")
+    right.set_title("||ds_T / ds_t||  (spectral norm)")
+    for ax in (left, right):
+        ax.set_yscale("log")
+        ax.set_xlabel("t (the loss reads s_T, at the right)")
+        ax.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    return plots.save(fig, path, show)
