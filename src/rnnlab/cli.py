@@ -260,7 +260,8 @@ def cmd_explain(args) -> int:
     if args.json:
         print(json.dumps([tr.to_dict() for tr in traces]))
     else:
-        print("\n\n".join(explain.format_trace(tr) for tr in traces))
+        pca = explain.shared_pca(traces)  # one set of axes for all the sentences given
+        print("\n\n".join(explain.format_trace(tr, pca) for tr in traces))
     for f in explain.write(model, traces, args.out) if args.out else []:
         print(f"wrote {f}")
     return 0
@@ -293,6 +294,23 @@ def cmd_gradflow(args) -> int:
     (out / "gradflow.json").write_text(json.dumps({"length": args.length, "hidden": args.hidden, "clip": args.clip,
                                                    "seed": args.seed, "flows": [f.to_dict() for f in flows]}) + "\n")
     for f in (out / "gradflow.json", gradflow.plot(flows, out / "gradflow.png", clip=args.clip)):
+        print(f"wrote {f}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write one self-contained HTML page for a training run",
+                       description="Config, test metrics, curves, confusion matrix and sample predictions with "
+                                   "their word-by-word traces, as RUN_DIR/report.html.")
+    p.add_argument("run_dir", help="run folder written by `rnnlab train`")
+    p.add_argument("--sentence", action="append", metavar="TEXT", help="also explain this sentence (repeatable)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from rnnlab.report import write_report
+
+    for f in write_report(args.run_dir, _texts(args.sentence or [])):
         print(f"wrote {f}")
     return 0
 
@@ -332,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_explain(sub)
     _add_gradflow(sub)
+    _add_report(sub)
     _add_bench(sub)
     return parser
 

@@ -139,8 +139,17 @@ def fit_pca(states: torch.Tensor, k: int) -> PCA:
 
 
 # -- text output ---------------------------------------------------------------------------------------
+def shared_pca(traces: list[Trace], k: int = 3) -> PCA | None:
+    """One PCA fitted on the states of all the traces, so their tables share axes; None when H is small
+    enough to show whole."""
+    if traces[0].states.shape[1] <= FULL_STATE_MAX:
+        return None
+    return fit_pca(torch.cat([tr.states for tr in traces]), k)
+
+
 def format_trace(tr: Trace, pca: PCA | None = None) -> str:
-    """A per-word table: the word, p(class) if the sentence stopped there, the state, the gates' means."""
+    """A per-word table: the word, p(class) if the sentence stopped there, the state, the gates' means.
+    States larger than FULL_STATE_MAX are shown on `pca`'s components (fitted on this sentence if None)."""
     H = tr.states.shape[1]
     if pca is None and H > FULL_STATE_MAX:
         pca = fit_pca(tr.states, 3)
@@ -152,12 +161,13 @@ def format_trace(tr: Trace, pca: PCA | None = None) -> str:
         state_vals = pca.project(tr.states)
     gate_cols = [f"mean {g}" for g in tr.gates]
     width = max(8, *(len(t) + (1 if not k else 0) for t, k in zip(tr.tokens, tr.known)))
-    head = [f"{'word':<{width}}", *(f"p({n})"[:9].rjust(9) for n in tr.label_names),
+    p_cols = [f"p({n})" for n in tr.label_names]
+    head = [f"{'word':<{width}}", *(c.rjust(max(7, len(c))) for c in p_cols),
             *(c.rjust(8) for c in state_cols), *(c.rjust(8) for c in gate_cols)]
     lines = [f"{tr.text!r} -> {tr.label}", "  ".join(head)]
     for t, token in enumerate(tr.tokens):
         word = token if tr.known[t] else token + "*"
-        row = [f"{word:<{width}}", *(f"{p:9.4f}" for p in tr.probs[t].tolist()),
+        row = [f"{word:<{width}}", *(f"{p:{max(7, len(c))}.4f}" for p, c in zip(tr.probs[t].tolist(), p_cols)),
                *(f"{v:+8.4f}" for v in state_vals[t].tolist()),
                *(f"{float(a[t].mean()):8.4f}" for a in tr.gates.values())]
         lines.append("  ".join(row))
@@ -193,6 +203,7 @@ def plot_trajectories(model: Classifier, traces: list[Trace], path, *, pca: PCA 
                                 limits=(-1.1, 1.1),  # every cell's h_t lies in (-1, 1)
                                 title="Hidden state after each word (green: class 1, red: class 0)", show=show)
     pca = pca or fit_pca(torch.cat([tr.states for tr in traces]), 2)
+    pca = PCA(pca.mean, pca.components[:2], pca.explained[:2])  # the plane of the first two
     boundary = None if w is None else ((pca.components @ w).tolist(), float(w @ pca.mean) + c)
     share = ", ".join(f"{100 * float(e):.0f}%" for e in pca.explained)
     return plots.trajectory(words, [pca.project(p).tolist() for p in paths], boundary, path,

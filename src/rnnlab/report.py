@@ -1,0 +1,124 @@
+"""One self-contained HTML page per training run (`rnnlab report RUN_DIR`, `rnnlab train --report`).
+
+The page shows, from the files a run folder holds:
+
+    config.json      the run's settings, as a table
+    metrics.json     test accuracy, per-class precision / recall / F1
+    loss.png, accuracy.png, confusion.png      the curves and the confusion matrix
+    samples.json     a few test sentences with their true labels (written by `train`), each with the
+                     model's prediction and its `explain` trace: p(class) and the gates after every word
+    trajectory.png   drawn here: the hidden-state paths of those sentences on their principal components
+
+Images are embedded as base64 `data:` URIs, so the page is one file that can be mailed or archived;
+links to the run's data files (config, history, metrics) are relative, so they work beside it.
+Left out: interactive plots, comparing several runs on one page.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+
+from rnnlab import checkpoint
+from rnnlab.errors import UserError
+from rnnlab.explain import Trace, explain_texts, plot_trajectories
+
+REPORT = "report.html"
+IMAGES = (("loss.png", "Loss per epoch"), ("accuracy.png", "Accuracy per epoch"),
+          ("confusion.png", "Confusion matrix (test split)"), ("trajectory.png", "Hidden-state paths of the samples"))
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #eee}
+figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}.wrong{color:#b00}.unk{color:#888}"""
+
+
+def write_report(run_dir, sentences: list[str] | None = None) -> list[Path]:
+    """Write `report.html` (and the samples' `trajectory.png`) in the run folder; their paths, the page first."""
+    run = Path(run_dir)
+    if not (run / checkpoint.BEST).is_file():
+        raise UserError("not a finished run folder (no model.pt); pass a folder written by `rnnlab train`", path=run)
+    model, config, vocab, label_names, _ = checkpoint.load_model(run)
+    samples = _read_json(run / "samples.json", []) + [{"text": s, "label": None} for s in sentences or []]
+    traces = explain_texts(model, vocab, [s["text"] for s in samples], label_names, config.lowercase)
+    drawn = [plot_trajectories(model, traces, run / "trajectory.png")] if traces else []
+    metrics = _read_json(run / "metrics.json", None)
+    history = []
+    if (run / "history.csv").is_file():
+        with open(run / "history.csv", newline="") as f:
+            history = list(csv.DictReader(f))
+
+    parts = [f"<h1>rnnlab run: {_e(run.resolve().name)}</h1>",
+             f"<p>{_e(config.cell.upper())}, H = {config.hidden}, {len(vocab):,} words, classes "
+             f"{_e(', '.join(label_names))}; {len(history)} epochs.</p>"]
+    if metrics:
+        parts.append(_metrics_html(metrics))
+    parts.append("<h2>Curves</h2>")
+    for name, caption in IMAGES:
+        if (run / name).is_file():
+            data = base64.b64encode((run / name).read_bytes()).decode("ascii")
+            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
+                         f"<figcaption>{_e(caption)}</figcaption></figure>")
+    if traces:
+        parts.append("<h2>Sample predictions, word by word</h2><p>After each word: the class probabilities the "
+                     "model would give if the sentence ended there" + (", and the mean of each gate over the "
+                     "hidden units" if traces[0].gates else "") + ". Grey words are not in the vocabulary.</p>")
+        parts += [_trace_html(tr, s["label"]) for tr, s in zip(traces, samples)]
+    parts.append("<h2>Settings</h2><table>" + "".join(
+        f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>' for k, v in config.to_dict().items())
+        + "</table>")
+    links = [f'<a href="{n}">{n}</a>' for n in ("config.json", "history.csv", "metrics.json", checkpoint.BEST)
+             if (run / n).is_file()]
+    parts.append(f"<p>Files: {' · '.join(links)}</p>")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>rnnlab run {_e(run.name)}'
+            f"</title><style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    path = run / REPORT
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)  # whole or not at all
+    return [path, *drawn]
+
+
+def _metrics_html(m: dict) -> str:
+    rows = "".join(f'<tr><td class="l">{_e(name)}</td><td>{c["precision"]:.4f}</td><td>{c["recall"]:.4f}</td>'
+                   f'<td>{c["f1"]:.4f}</td><td>{c["support"]}</td></tr>' for name, c in m["per_class"].items())
+    loss = f", loss {m['loss']:.4f}" if m.get("loss") is not None else ""
+    return (f"<h2>Test split</h2><p>Accuracy <b>{m['accuracy']:.4f}</b> on {m['n']} examples{loss}.</p>"
+            '<table><tr><th class="l">class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>'
+            f"{rows}</table>")
+
+
+def _trace_html(tr: Trace, true_label: str | None) -> str:
+    verdict = ""
+    if true_label is not None:
+        verdict = f" (true: {_e(true_label)})"
+        if true_label != tr.label:
+            verdict = f' <span class="wrong">{verdict}</span>'
+
+    head = "".join(f"<th>p({_e(n)})</th>" for n in tr.label_names) + "".join(
+        f"<th>mean {_e(g)}</th>" for g in tr.gates)
+    rows = []
+    for t, token in enumerate(tr.tokens):
+        word = _e(token) if tr.known[t] else f'<span class="unk">{_e(token)}</span>'
+        cells = "".join(f"<td>{p:.3f}</td>" for p in tr.probs[t].tolist()) + "".join(
+            f"<td>{float(a[t].mean()):.3f}</td>" for a in tr.gates.values())
+        rows.append(f'<tr><td class="l">{word}</td>{cells}</tr>')
+    return (f"<h3>“{_e(tr.text)}” → {_e(tr.label)}{verdict}</h3>"
+            f'<table><tr><th class="l">word</th>{head}</tr>{"".join(rows)}</table>')
+
+
+def _read_json(path: Path, default):
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"not valid JSON ({e.msg}); restore the file or train again", path=path, line=e.lineno) \
+            from None
+
+
+def _e(value) -> str:
+    return html.escape(str(value))

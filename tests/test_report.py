@@ -1,0 +1,98 @@
+"""The HTML run report: it parses, its images are real PNGs inside it, its links point at files that exist,
+and it shows the run's own numbers and one word-by-word trace per sample sentence."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from rnnlab.report import write_report
+from rnnlab.train import train
+from tests.conftest import run_cli
+from tests.test_train import PNG_SIGNATURE, quiet, sentiment_tsv, tiny
+
+VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+
+class Page(HTMLParser):
+    """Collects images, links and headings, and checks that every opened tag is closed in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images, self.links, self.h3, self.text = [], [], [], [], []
+        self._in_h3 = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "a":
+            self.links.append(attrs["href"])
+        if tag not in VOID:
+            self.stack.append(tag)
+        self._in_h3 = self._in_h3 or tag == "h3"
+        if tag == "h3":
+            self.h3.append("")
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+        if tag == "h3":
+            self._in_h3 = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_h3:
+            self.h3[-1] += data
+
+
+def parse(path) -> Page:
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    assert page.stack == [], f"unclosed tags {page.stack}"
+    return page
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    return train(tiny(), sentiment_tsv(folder), folder / "run", log=quiet, progress=False)
+
+
+def test_report_embeds_its_images_links_existing_files_and_shows_the_runs_numbers(run):
+    files = write_report(run.out_dir, ["a wonderful zzzunknown film"])
+    page_path = files[0]
+    assert page_path == run.out_dir / "report.html" and (run.out_dir / "trajectory.png") in files
+    page = parse(page_path)
+    assert len(page.images) == 4  # loss, accuracy, confusion, trajectory
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert png[:8] == PNG_SIGNATURE and png[12:16] == b"IHDR" and len(png) > 1000
+    assert page.links and all((run.out_dir / href).is_file() for href in page.links)
+    text = " ".join(page.text)
+    assert f"{run.test['accuracy']:.4f}" in text  # the run's own test accuracy
+    samples = json.loads((run.out_dir / "samples.json").read_text())
+    assert 1 <= len(samples) <= 8
+    assert len(page.h3) == len(samples) + 1  # one trace per sample, and the extra sentence
+    assert page.h3[-1].startswith("“a wonderful zzzunknown film” →")
+
+
+def test_cli_report_and_train_report(run, tmp_path):
+    r = run_cli("report", str(run.out_dir))
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {run.out_dir / 'report.html'}" in r.stdout
+    r = run_cli("train", "--data", str(sentiment_tsv(tmp_path)), "--out", str(tmp_path / "r"), "--cell", "rnn",
+                "--hidden", "4", "--embed-dim", "4", "--epochs", "1", "--report")
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {tmp_path / 'r' / 'report.html'}" in r.stdout
+    parse(tmp_path / "r" / "report.html")
+
+
+def test_report_of_a_folder_without_a_model_is_a_one_line_error(tmp_path):
+    r = run_cli("report", str(tmp_path))
+    assert r.returncode == 2 and "no model.pt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
