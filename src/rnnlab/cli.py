@@ -315,6 +315,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _add_memory(sub) -> None:
+    # the defaults live in memory.MemoryConfig, CELLS and DISTANCES (importing them here would load torch for
+    # every command); None below means "the library's default", quoted in the help
+    p = sub.add_parser("memory", help="long-range memory: accuracy against the distance D for rnn, lstm, gru",
+                       description="The label is the first token, followed by D distractor tokens. Trains each "
+                                   "cell at each D for the same budget; prints the accuracy table and writes "
+                                   "memory.png and memory.json to --out.")
+    p.add_argument("--cells", nargs="+", choices=["rnn", "lstm", "gru"], help="cells to compare (default: all three)")
+    p.add_argument("--distances", nargs="+", type=int, metavar="D",
+                   help="distractor counts D, each >= 1 (default: 5 10 20 50 100)")
+    p.add_argument("--steps", type=int, help="optimiser steps per cell and D (default 2000)")
+    p.add_argument("--hidden", type=int, help="hidden size H (default 32)")
+    p.add_argument("--seed", type=int, help="seed for the weights and the data (default 0)")
+    p.add_argument("--out", default="runs/memory", help="folder for memory.png and memory.json (default runs/memory)")
+    p.set_defaults(func=cmd_memory)
+
+
+def cmd_memory(args) -> int:
+    from rnnlab import memory
+
+    given = {"steps": args.steps, "hidden": args.hidden, "seed": args.seed}
+    config = memory.MemoryConfig(**{k: v for k, v in given.items() if v is not None}).validate()
+    rows = memory.sweep(args.cells or memory.CELLS, args.distances or memory.DISTANCES, config)
+    print(f"test accuracy (chance {1 / config.num_classes:.3f}):")
+    print(memory.table(rows))
+    for f in memory.write_results(rows, config, args.out):
+        print(f"wrote {f}")
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="training throughput against torch.nn + torch.optim (benchmarks/bench_train.py)",
                        description="Runs benchmarks/bench_train.py of a source checkout; arguments after `bench` "
@@ -351,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_gradflow(sub)
     _add_report(sub)
+    _add_memory(sub)
     _add_bench(sub)
     return parser
 

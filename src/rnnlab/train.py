@@ -15,8 +15,9 @@ in the middle of an optimiser update; a second Ctrl-C stops at once and saves no
 of the previous epoch stays, and resuming from it is just as exact).
 A loss, gradient norm or validation loss that is NaN or inf stops the run before anything is saved,
 so `model.pt` and `last.pt` keep the last good weights.
-Left out: learning-rate schedules from the command line, mixed precision, several GPUs (see the
-distributed issue).
+Several processes (torchrun, one shard of every batch each, gradients averaged by one all-reduce) go
+through `team` (see distributed.py); a single process gets `distributed.Alone`, which changes nothing.
+Left out: learning-rate schedules from the command line, mixed precision.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnnlab import checkpoint
+from rnnlab import checkpoint, distributed
 from rnnlab.config import Config
 from rnnlab.data import Dataset, Vocab, batches, encode_dataset, load_dataset, split_dataset, tokenize
 from rnnlab.errors import UserError
@@ -57,9 +58,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
-    """The dropout masks of a step depend on (seed, epoch, step) only, like the batch order."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
+def step_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Generator:
+    """The dropout masks of a step depend on (seed, epoch, step) only, like the batch order; with several
+    processes, also on the process's rank, so that their shards get masks of their own."""
+    seed = (seed * 1_000_003 + epoch) * 1_000_003 + step
+    return torch.Generator().manual_seed(seed * 1_000_003 + rank if rank else seed)
 
 
 # -- metrics ------------------------------------------------------------------------------------------
@@ -132,9 +135,16 @@ def _check_classes(train: Dataset) -> None:
 
 def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, val_data=None, test_data=None,
           text_column=None, label_column=None, resume: bool = False, log=print, progress: bool | None = None,
-          plots: bool = True) -> TrainResult:
-    """Train a classifier on `data` (see `load_dataset` for formats) and write a run folder."""
+          plots: bool = True, team: distributed.Alone | None = None) -> TrainResult:
+    """Train a classifier on `data` (see `load_dataset` for formats) and write a run folder.
+
+    team: this process's place in a data-parallel job (`distributed.launch`); None for a single process.
+    Only rank 0 logs and writes files; it alone returns the test metrics and the files.
+    """
     config.validate()
+    team = team or distributed.Alone()
+    if not team.is_main:  # the other ranks train in silence
+        log, progress = _quiet, False
     out = Path(out_dir)
     torch.manual_seed(config.seed)
 
@@ -154,20 +164,28 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
     params = model.parameters()
     optimizer = make_optimizer(config.optimizer, params, config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
-    progress_state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "best_val_loss": math.inf,
-                      "bad_epochs": 0, "history": []}
-    if resume:
-        progress_state = _resume(out, config, vocab, label_names, model, optimizer, log)
-    elif any((out / name).exists() for name in (checkpoint.BEST, checkpoint.LAST)):  # never overwrite a run
-        raise UserError("this run folder already holds a checkpoint; continue it with --resume, or train into a "
-                        "new --out", path=out)
+
+    def open_run() -> dict:  # on rank 0 only, with several processes
+        if resume:
+            state = _resume(out, config, vocab, label_names, model, optimizer, log)
+        elif any((out / name).exists() for name in (checkpoint.BEST, checkpoint.LAST)):  # never overwrite a run
+            raise UserError("this run folder already holds a checkpoint; continue it with --resume, or train into "
+                            "a new --out", path=out)
+        else:
+            state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "best_val_loss": math.inf,
+                     "bad_epochs": 0, "history": []}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(config.to_json() + "\n")
+        return state
+
+    progress_state = team.start(out, model, optimizer, open_run)  # every rank goes on from rank 0's state
     history = progress_state["history"]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json() + "\n")
     log(f"train {len(train_ds)}  val {len(val_ds)}  test {len(test_ds) if test_ds else 0}  vocab {len(vocab)}  "
         f"classes {label_names}  parameters {model.num_parameters():,}  -> {out}")
 
     def save(name: str, **progress) -> None:
+        if not team.is_main:
+            return
         ckpt = checkpoint.make(model, config, vocab, label_names, optimizer=optimizer.state_dict(),
                                progress={**progress_state, **progress})
         checkpoint.atomic_save(ckpt, out / name)
@@ -189,20 +207,22 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
             with _HeldCtrlC() as ctrl_c:
                 for step in range(start, len(epoch_batches)):
                     ctrl_c.check()  # a Ctrl-C pressed during the previous step stops here, between steps
-                    x, lengths, y = (t.to(config.device) for t in epoch_batches[step])
-                    drop = (config.dropout, step_generator(config.seed, epoch, step)) if config.dropout else None
+                    x, lengths, y, rows = team.shard(epoch_batches[step], config.device)  # alone: the whole batch
+                    drop = (config.dropout, step_generator(config.seed, epoch, step, team.rank)) \
+                        if config.dropout else None
                     logits = model(x, lengths, dropout=drop)  # forward
                     loss = F.cross_entropy(logits, y)  # loss
-                    _check_finite("loss", loss.item(), epoch, step, config, out)
                     loss.backward()  # backward (autograd, or the hand BPTT inside the cell)
+                    loss_sum, correct, seen = team.sum_step(params, loss, logits, y, rows)  # average over ranks
+                    _check_finite("loss", loss_sum / seen, epoch, step, config, out)  # the same on every rank
                     if config.clip:
                         norm = clip_grad_norm(params, config.clip)  # clip
                         _check_finite("gradient norm", norm.item(), epoch, step, config, out)  # before it reaches W
                     optimizer.step()  # step
                     optimizer.zero_grad()
-                    progress_state["loss_sum"] += loss.item() * len(y)
-                    progress_state["correct"] += int((logits.argmax(1) == y).sum())
-                    progress_state["seen"] += len(y)
+                    progress_state["loss_sum"] += loss_sum
+                    progress_state["correct"] += correct
+                    progress_state["seen"] += seen
                     done = step + 1
                     if bar is not None:
                         bar.update(1)
@@ -241,6 +261,9 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
             stopped_early = True
             break
 
+    if not team.is_main:  # rank 0 tests and writes the run's record
+        return TrainResult(out, history, None, model, [], stopped_early)
+
     # reload the best weights, test, and write the run's record
     best, *_ = checkpoint.load_model(out)
     model.load_state_dict(best.state_dict())
@@ -253,6 +276,10 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
     for f in files:
         log(f"wrote {f}")
     return TrainResult(out, history, test, model, files, stopped_early)
+
+
+def _quiet(*_) -> None:
+    pass
 
 
 class _HeldCtrlC:
