@@ -111,6 +111,8 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
+    p.add_argument("--report", action="store_true", help="also write report.html: curves, metrics and sample "
+                                                         "predictions with their word-by-word traces")
     p.add_argument("--dist-backend", choices=["auto", "gloo", "nccl"], default="auto",
                    help="under torchrun: the torch.distributed backend (default auto: nccl for cuda, else gloo)")
     p.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
@@ -137,7 +139,7 @@ def cmd_train(args) -> int:
     with distributed.launch(config.validate(), backend, args.dist_timeout) as team:  # Alone without torchrun
         train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
               text_column=_column(args.text_column), label_column=_column(args.label_column), resume=args.resume,
-              plots=not args.no_plots, team=team)
+              plots=not args.no_plots, report=args.report, team=team)
     return 0
 
 

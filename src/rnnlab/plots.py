@@ -98,12 +98,15 @@ def confusion(matrix: list[list[int]], label_names: list[str], path: Path, *, sh
     return _save(fig, path, show)
 
 
-def memory_sweep(rows: list[dict], chance: float, path: Path, *, show: bool = False) -> Path:
-    """Test accuracy against the distance D of the memory task: one line per cell, chance dashed."""
+def memory_sweep(rows: list[dict], chance: float, path: Path, *, budget: str = "", show: bool = False) -> Path:
+    """Test accuracy against the distance D of the memory task: one line per cell, chance dashed; `budget`
+    (the training budget shared by the cells, in words) goes under the title."""
     fig, ax = _figure(show, (6, 4))
-    for cell in dict.fromkeys(r["cell"] for r in rows):
+    for i, cell in enumerate(dict.fromkeys(r["cell"] for r in rows)):
         points = sorted((r["distance"], r["accuracy"]) for r in rows if r["cell"] == cell)
-        ax.plot([d for d, _ in points], [a for _, a in points], marker="o", label=cell)
+        # cells often tie (all at 1.0, or all at chance): each later line is thinner, so the ones under it show
+        ax.plot([d for d, _ in points], [a for _, a in points], marker="os^D"[i % 4], markersize=max(3, 10 - 2.5 * i),
+                linewidth=max(1.0, 3.5 - i), label=cell)
     ax.axhline(chance, color="grey", linestyle="dashed", label=f"chance (1/{round(1 / chance)})")
     ax.set_xscale("log")  # D spans 5..100: equal ratios, equal spacing
     distances = sorted({r["distance"] for r in rows})
@@ -112,7 +115,7 @@ def memory_sweep(rows: list[dict], chance: float, path: Path, *, show: bool = Fa
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("Distractors D between the signal and the answer")
     ax.set_ylabel("Test accuracy")
-    ax.set_title("Long-range memory: remember the first token")
+    ax.set_title("Long-range memory: remember the first token" + (f"\n{budget}" if budget else ""))
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, path, show)

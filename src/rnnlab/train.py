@@ -135,7 +135,7 @@ def _check_classes(train: Dataset) -> None:
 
 def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, val_data=None, test_data=None,
           text_column=None, label_column=None, resume: bool = False, log=print, progress: bool | None = None,
-          plots: bool = True, team: distributed.Alone | None = None) -> TrainResult:
+          plots: bool = True, report: bool = False, team: distributed.Alone | None = None) -> TrainResult:
     """Train a classifier on `data` (see `load_dataset` for formats) and write a run folder.
 
     team: this process's place in a data-parallel job (`distributed.launch`); None for a single process.
@@ -272,7 +272,12 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
         test = evaluate_dataset(model, test_ds, vocab, config.lowercase, label_names)
         log(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  (best epoch by validation loss)")
     files = _write_records(out, history, test, label_names, plots)
+    files.append(_write_samples(out, test_ds if test_ds is not None and len(test_ds) else val_ds, label_names))
     files += [out / "config.json", out / checkpoint.BEST, out / checkpoint.LAST]
+    if report:  # the HTML page that shows all of the above, with the samples' explain traces
+        from rnnlab.report import write_report
+
+        files += write_report(out)
     for f in files:
         log(f"wrote {f}")
     return TrainResult(out, history, test, model, files, stopped_early)
@@ -356,6 +361,13 @@ def evaluate_dataset(model: Classifier, ds: Dataset, vocab: Vocab, lowercase: bo
     total = sum(len(t) for t in tokens)
     result["unknown_rate"] = sum(vocab.count_unknown(t) for t in tokens) / total if total else 0.0
     return result
+
+
+def _write_samples(out: Path, ds: Dataset, label_names: list[str], n: int = 8) -> Path:
+    """samples.json: the first n sentences of the held-out split with their true labels, for `rnnlab report`."""
+    samples = [{"text": t, "label": label_names[y]} for t, y in zip(ds.texts[:n], ds.labels[:n])]
+    (out / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out / "samples.json"
 
 
 def _write_records(out: Path, history: list[dict], test: dict | None, label_names, draw: bool) -> list[Path]:
