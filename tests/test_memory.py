@@ -50,6 +50,12 @@ def test_a_gru_learns_to_remember_over_five_distractors():
     assert row["final_train_loss"] < 0.2
 
 
+def test_the_optimiser_is_part_of_the_budget():
+    sgd = train_one("rnn", 3, MemoryConfig(steps=20, optimizer="sgd", lr=0.1, n_test=50))
+    adam = train_one("rnn", 3, MemoryConfig(steps=20, optimizer="adam", lr=0.1, n_test=50))
+    assert sgd["final_train_loss"] != adam["final_train_loss"]  # same batches and start: only the optimiser differs
+
+
 def test_table_has_one_row_per_cell_and_one_column_per_distance():
     rows = [{"cell": c, "distance": d, "accuracy": a} for c, d, a in
             [("rnn", 5, 1.0), ("rnn", 50, 0.25), ("gru", 5, 1.0), ("gru", 50, 0.5)]]
@@ -81,6 +87,8 @@ def test_cli_memory_prints_the_table_and_writes_a_png_and_json(tmp_path):
     (["--distances", "5", "-3"], "distance -3"),
     (["--steps", "0"], "--steps 0"),
     (["--hidden", "0"], "--hidden 0"),
+    (["--lr", "-1"], "--lr -1"),
+    (["--optimizer", "rmsprop"], "invalid choice"),
     (["--cells", "transformer"], "invalid choice"),
     (["--distances", "five"], "invalid int value"),
 ])

@@ -329,6 +329,8 @@ def _add_memory(sub) -> None:
                    help="distractor counts D, each >= 1 (default: 5 10 20 50 100)")
     p.add_argument("--steps", type=int, help="optimiser steps per cell and D (default 2000)")
     p.add_argument("--hidden", type=int, help="hidden size H (default 32)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], help="optimiser (default adam)")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.01)")
     p.add_argument("--seed", type=int, help="seed for the weights and the data (default 0)")
     p.add_argument("--out", default="runs/memory", help="folder for memory.png and memory.json (default runs/memory)")
     p.set_defaults(func=cmd_memory)
@@ -337,7 +339,7 @@ def _add_memory(sub) -> None:
 def cmd_memory(args) -> int:
     from rnnlab import memory
 
-    given = {"steps": args.steps, "hidden": args.hidden, "seed": args.seed}
+    given = {"steps": args.steps, "hidden": args.hidden, "seed": args.seed, "optimizer": args.optimizer, "lr": args.lr}
     config = memory.MemoryConfig(**{k: v for k, v in given.items() if v is not None}).validate()
     rows = memory.sweep(args.cells or memory.CELLS, args.distances or memory.DISTANCES, config)
     print(f"test accuracy (chance {1 / config.num_classes:.3f}):")

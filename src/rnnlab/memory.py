@@ -56,7 +56,8 @@ class MemoryConfig:
     steps: int = 2000  # optimiser steps per (cell, D), each on a new batch; the full sweep takes ~1 min on 2 cores
     batch_size: int = 32  # sequences per step
     hidden: int = 32  # H: size of the hidden state
-    lr: float = 1e-2  # Adam learning rate
+    optimizer: str = "adam"  # 'adam' (per-parameter step sizes), or 'sgd' (steps in proportion to the gradient)
+    lr: float = 1e-2  # learning rate
     clip: float = 1.0  # clip the gradients' global L2 norm to this (tames the RNN's exploding steps)
     num_classes: int = 4  # C signal tokens, one per class: chance accuracy is 1 / C
     vocab_size: int = 12  # V: C signal tokens + (V - C) distractor tokens, fed to U as one-hot vectors
@@ -69,7 +70,8 @@ class MemoryConfig:
             (self.steps >= 1, f"--steps {self.steps}: train for at least one step, e.g. --steps 2000"),
             (self.batch_size >= 1, f"batch_size {self.batch_size}: use at least 1"),
             (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden 32"),
-            (self.lr > 0, f"lr {self.lr}: the learning rate must be positive"),
+            (self.optimizer in ("adam", "sgd"), f"--optimizer {self.optimizer}: choose adam or sgd"),
+            (self.lr > 0, f"--lr {self.lr}: the learning rate must be positive"),
             (self.clip > 0, f"clip {self.clip}: use a positive norm"),
             (self.num_classes >= 2, f"num_classes {self.num_classes}: use at least 2"),
             (self.vocab_size > self.num_classes, f"vocab_size {self.vocab_size}: leave at least one distractor "
@@ -114,7 +116,7 @@ def _stream_seeds(seed: int, distance: int) -> tuple[int, int]:
 def train_one(cell: str, distance: int, config: MemoryConfig) -> dict:
     """Train one `cell` on the task at `distance` for the budget; its test accuracy and final loss.
 
-    The loop: draw a batch, forward, cross-entropy, backward (hand-written BPTT), clip, Adam step.
+    The loop: draw a batch, forward, cross-entropy, backward (hand-written BPTT), clip, optimiser step.
     """
     config.validate()
     _check_distance(distance)
@@ -123,7 +125,7 @@ def train_one(cell: str, distance: int, config: MemoryConfig) -> dict:
     train_ids, train_labels = make_task(config.steps * B, distance, V, C, train_seed)  # one batch per step
     model = Classifier(V, config.hidden, C, cell=cell, embed_dim=None, backward="manual", seed=config.seed)
     params = model.parameters()
-    optimizer = make_optimizer("adam", params, lr=config.lr)
+    optimizer = make_optimizer(config.optimizer, params, lr=config.lr)
 
     t0 = time.perf_counter()
     losses = []
@@ -186,7 +188,8 @@ def write_results(rows: list[dict], config: MemoryConfig, out_dir: str | Path, *
     json_path.write_text(json.dumps({"config": dataclasses.asdict(config), "chance": chance, "rows": rows},
                                     indent=2) + "\n")
     c = config
-    budget = (f"H = {c.hidden}, {c.steps} Adam steps of {c.batch_size} at lr {c.lr:g}, clip {c.clip:g}, "
+    name = {"adam": "Adam", "sgd": "SGD"}[c.optimizer]
+    budget = (f"H = {c.hidden}, {c.steps} {name} steps of {c.batch_size} at lr {c.lr:g}, clip {c.clip:g}, "
               f"{c.num_classes} classes, seed {c.seed}")
     png_path = plots.memory_sweep(rows, chance, out / "memory.png", budget=budget, show=show)
     return [png_path, json_path]
