@@ -1,18 +1,20 @@
 """Regenerate every figure under docs/figures and docs/questions.md, which cites them (`make figures`).
 
     1. the lab (n = 2): loss curve, the hidden-state paths of the test sentences, explain traces
-    2. a GRU (H = 64) trained on the UCI Yelp sentences: sentence paths on principal components
+    2. a GRU (H = 64) trained on the 3,000 UCI sentences: sentence paths on principal components
     3. gradient flow: ||dL/ds_t|| and ||ds_T/ds_t|| for the vanilla RNN at spectral radius 0.5 / 1 / 1.5,
        the LSTM and the GRU (`rnnlab gradflow`)
     4. long-range memory: accuracy against distance for the three cells (`rnnlab memory`)
 
 Every number quoted in questions.md is read from these runs, so the text and the figures always agree.
-Run from the repository root; takes a few minutes on two cores. The UCI part needs ../shared/data
+Run from the repository root; takes about two minutes on two cores. `--text-only` rewrites the page from
+docs/figures/numbers.json without running anything (for edits to the prose). The UCI part needs ../shared/data
 (the data folder beside the repository); without it that figure is skipped and the doc says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -65,7 +67,10 @@ def uci_figure(tmp: Path) -> dict | None:
     pca = explain.fit_pca(torch.cat([tr.states for tr in fit]), 3)  # the states after every word of every sentence
     traces = explain.explain_texts(model, vocab, UCI_SENTENCES, labels, config.lowercase)
     explain.plot_trajectories(model, traces, FIGURES / "uci-gru-trajectory.png", pca=pca)
+    pc1 = [pca.project(tr.states)[:, 0].tolist() for tr in traces]  # the first component after each word
+    p_pos = [tr.probs[:, labels.index("positive")].tolist() for tr in traces]
     return {"test_accuracy": run.test["accuracy"], "explained": pca.explained.tolist(), "n_fit": len(texts),
+            "pc1": pc1, "p_positive": p_pos,
             "tables": [explain.format_trace(tr, pca) for tr in traces], "labels": [tr.label for tr in traces]}
 
 
@@ -84,11 +89,16 @@ def memory_figure(tmp: Path) -> dict:
     sgd_rows = memory.sweep(distances=(5, 10, 20, 50), config=sgd_config, log=log)
     memory.write_results(sgd_rows, sgd_config, tmp / "sgd")
     shutil.copy(tmp / "sgd" / "memory.png", FIGURES / "memory-sgd.png")
-    return {"table": memory.table(rows), "rows": rows, "chance": 1 / config.num_classes, "config": config,
-            "sgd_rows": sgd_rows, "sgd_config": sgd_config}
+    return {"rows": rows, "chance": 1 / config.num_classes, "config": dataclasses.asdict(config),
+            "sgd_rows": sgd_rows, "sgd_config": dataclasses.asdict(sgd_config)}
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--text-only"]:  # rewrite the page from the stored numbers, without running anything
+        numbers = json.loads((FIGURES / "numbers.json").read_text())
+        (DOCS / "questions.md").write_text(questions_md(**numbers), encoding="utf-8")
+        log(f"wrote {DOCS / 'questions.md'} from {FIGURES / 'numbers.json'}")
+        return 0
     FIGURES.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -102,10 +112,9 @@ def main() -> int:
         flow = gradflow_figure()
         log("memory sweeps ...")
         mem = memory_figure(tmp)
-    (DOCS / "questions.md").write_text(questions_md(lab, uci, flow, mem), encoding="utf-8")
-    (FIGURES / "numbers.json").write_text(json.dumps(
-        {"lab": lab, "uci": uci, "gradflow": flow["flows"], "memory": mem["rows"], "memory_sgd": mem["sgd_rows"]},
-        indent=1, default=str) + "\n")
+    numbers = json.loads(json.dumps({"lab": lab, "uci": uci, "flow": flow, "mem": mem}))  # as stored
+    (FIGURES / "numbers.json").write_text(json.dumps(numbers, indent=1) + "\n")
+    (DOCS / "questions.md").write_text(questions_md(**numbers), encoding="utf-8")  # tests/test_docs.py checks
     log(f"wrote {DOCS / 'questions.md'} and {FIGURES}/ in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -114,10 +123,17 @@ def main() -> int:
 def questions_md(lab: dict, uci: dict | None, flow: dict, mem: dict) -> str:
     """docs/questions.md: the prose is fixed, every number in it comes from the runs above."""
     bad, good = lab["states"][0][-1], lab["states"][1][-1]
+    last_word_class = ["0" if t.split()[-1] == "bad" else "1" for t in LAB_EXTRA]
+    recency = ("Each time the class is that of the last word: with n = 2 the state is a summary weighted toward the "
+               "most recent words, and an earlier \"good\" or \"bad\" is overwritten."
+               if lab["labels"][2:] == last_word_class else
+               "The last word does not always decide: the state keeps some of the earlier words too.")
     tables = "\n\n".join(lab["tables"])
     f = flow["flows"]
     T = len(f["gru"]["dL_ds"])
     per_step = {name: v["ratio"] ** (1 / (T - 1)) for name, v in f.items()}  # geometric mean factor per step
+    dc = f["lstm"]["dL_dc"]  # dL/dc_T = 0 (the loss reads h_T only): the cell path starts at c_{T-1}
+    cell_per_step = (dc[0] / dc[-2]) ** (1 / (T - 2))
     rows = "\n".join(f"| {name} | {v['ratio']:.1e} | {per_step[name]:.3f} | {v['ds_T_ds'][0]:.1e} | "
                      f"{v['grad_norm']:.3f} | {v['clipped_norm']:.3f} |" for name, v in f.items())
     acc = {(r["cell"], r["distance"]): r["accuracy"] for r in mem["rows"]}
@@ -135,12 +151,18 @@ def questions_md(lab: dict, uci: dict | None, flow: dict, mem: dict) -> str:
 
     uci_part = "(The UCI data was not found when these figures were made; see `make figures`.)"
     if uci:
+        pc1, pos = uci["pc1"], uci["p_positive"]
+        not_bad = ("this model has not learnt that \"not\" turns \"bad\" around, a limit of a small model "
+                   "trained on a few thousand sentences, which the trace shows word by word."
+                   if uci["labels"][2] == "negative" else "this model has learnt that \"not\" turns \"bad\" around.")
         uci_tables = "\n\n".join(uci["tables"])
         uci_part = f"""With H = 64 the state no longer fits on a page, so `explain` shows it on its principal
 components, fitted on the states after every word of all {uci["n_fit"]:,} UCI sentences. Below is a GRU
 (H = 64, embeddings of 64) trained on those sentences with `rnnlab train` (test accuracy
-{uci["test_accuracy"]:.3f}). The first component alone holds {100 * uci["explained"][0]:.0f}% of the variance,
-and it follows the running sentiment: it grows after "good" and falls after "bad" and "not".
+{uci["test_accuracy"]:.3f}). The first component alone holds {100 * uci["explained"][0]:.0f}% of the variance.
+It is {pc1[0][-1]:+.2f} after "the food was good" (p(positive) = {pos[0][-1]:.2f}) and {pc1[3][-1]:+.2f} after
+"the service was bad" (p(positive) = {pos[3][-1]:.2f}); in "the food was not good", "not" moves it from
+{pc1[1][2]:+.2f} to {pc1[1][3]:+.2f}.
 
 ![GRU hidden states on principal components](figures/uci-gru-trajectory.png)
 
@@ -148,9 +170,9 @@ and it follows the running sentiment: it grows after "good" and falls after "bad
 {uci_tables}
 ```
 
-The state is the model's running summary, not a parse: "not" moves it toward negative and "not bad" ends
-as {uci["labels"][2]}, so this model reads "not bad" as bad. Here the picture shows a real limit of a small
-model trained on 2,400 sentences."""
+The state is the model's running summary of the words so far. "the food was not good" ends as
+{uci["labels"][1]} (p(positive) = {pos[1][-1]:.2f}) and "the food was not bad" as {uci["labels"][2]}
+(p(positive) = {pos[2][-1]:.2f}): {not_bad}"""
 
     return f"""# The handout's questions 5 and 6, measured
 
@@ -176,9 +198,8 @@ word, the state and the probabilities the model would give if the sentence stopp
 
 Both test sentences share "The movie is", so they share `s_1 .. s_3`; the last word sends them to opposite
 sides of the output layer's decision line, `[{bad[0]:+.2f}, {bad[1]:+.2f}]` after "bad" and
-`[{good[0]:+.2f}, {good[1]:+.2f}]` after "good". The state is a summary of the sentence so far, weighted toward
-its recent words: in "The movie is good bad" the last word wins, and in "The good movie is bad" the early
-"good" is overwritten. Two numbers cannot keep much more than that.
+`[{good[0]:+.2f}, {good[1]:+.2f}]` after "good". The sentences the lab never saw show what the state keeps:
+{", ".join(f'"{t}" -> {c}' for t, c in zip(LAB_EXTRA, lab["labels"][2:]))}. {recency}
 
 {uci_part}
 
@@ -210,22 +231,26 @@ and GRU as initialised:
   {max(f["rnn rho=1.5"]["ds_T_ds"]):.1f} (right panel), and the parameter gradient's norm is
   {f["rnn rho=1.5"]["grad_norm"]:.2f}, against {f["rnn rho=0.5"]["grad_norm"]:.2f} at radius 0.5. Saturated
   units pass almost no gradient at all, so trading explosion for saturation does not help learning.
-- **Clipping** rescales the whole gradient by one factor, min(1, 1 / ‖g‖). It caps the size of an
-  update (the last column), but every ‖dL/ds_t‖ shrinks by the same factor, so the ratio, and with it the
-  vanishing, does not change (dashed lines).
+- **Clipping** acts after backpropagation, on the parameter gradient: it multiplies `dW`, the sum of every
+  step's contribution, by one factor min(1, 1 / ‖g‖). That caps the size of an update (the last column),
+  but every step's contribution shrinks by the same factor, so how little the first words contribute is
+  left as it was. The dashed lines are the measured curves times that factor, not a second measurement.
 - **LSTM and GRU at initialisation vanish too** ({f["lstm"]["ratio"]:.0e} and {f["gru"]["ratio"]:.0e}). Their
-  forget and update gates start near sigma(0) = 0.5, and along the cell path the gradient is multiplied by
-  `f_t` (LSTM) or `z_t` (GRU) at each step: the measured average factor per step is {per_step["lstm"]:.2f} and
-  {per_step["gru"]:.2f}. The difference is that they can learn to carry it: a gate
-  driven toward 1 passes the gradient along unchanged without any weight growing, which the vanilla RNN
-  cannot do without its `W` exploding.
+  gates start near sigma(0) = 0.5: here the mean forget gate is {f["lstm"]["gate_means"]["f"]:.2f} and the mean
+  update gate {f["gru"]["gate_means"]["z"]:.2f}. Along the LSTM's cell path alone the gradient would be
+  multiplied by `f_t` at each step; all paths together, the measured average factor per step is
+  {per_step["lstm"]:.2f} for ‖dL/dh_t‖ and {cell_per_step:.2f} for ‖dL/dc_t‖ ({per_step["gru"]:.2f} for the GRU's
+  ‖dL/dh_t‖). The difference is that they can learn to carry it: a gate driven toward 1 passes the
+  gradient along unchanged without any weight growing, which the vanilla RNN cannot do without its `W`
+  exploding.
 - **Sequential computation.** Step t needs step t - 1, so the time loop cannot run in parallel, and long
   sequences are slow to train (see the README's benchmark).
 
 What the gradients mean for learning shows in `rnnlab memory`. The task puts a label in the first token,
 then D random distractor tokens; the model must answer from the last state. Each cell trains with the same
-budget: {cfg.steps} Adam steps of {cfg.batch_size} sequences, lr {cfg.lr:g}, clip {cfg.clip:g}, H = {cfg.hidden},
-{cfg.num_classes} classes, so chance is {mem["chance"]:.2f}. Test accuracy on {cfg.n_test} fresh sequences:
+budget: {cfg["steps"]} Adam steps of {cfg["batch_size"]} sequences, lr {cfg["lr"]:g}, clip {cfg["clip"]:g},
+H = {cfg["hidden"]}, {cfg["num_classes"]} classes, so chance is {mem["chance"]:.2f}. Test accuracy on {cfg["n_test"]}
+fresh sequences:
 
 ![accuracy against distance](figures/memory.png)
 
@@ -245,7 +270,7 @@ def memory_reading(rnn: int, lstm: int, gru: int, mem: dict) -> str:
     sgd_text = ", ".join(f"{c} {'D = ' + str(d) if d else 'no distance'}" for c, d in sgd_reach.items())
     sgd_table = "\n".join(f"| {c} | " + " | ".join(f"{sgd[c, d]:.3f}" for d in sgd_distances) + " |"
                           for c in ("rnn", "lstm", "gru"))
-    sgd_part = f"""The same budget with plain SGD (lr {mem["sgd_config"].lr:g}, whose steps scale with the gradient)
+    sgd_part = f"""The same budget with plain SGD (lr {mem["sgd_config"]["lr"]:g}, whose steps scale with the gradient)
 holds at 90% accuracy: {sgd_text}.
 
 | SGD | """ + " | ".join(f"D = {d}" for d in sgd_distances) + " |\n|---|" + "---|" * len(sgd_distances) + f"""

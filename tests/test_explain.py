@@ -150,3 +150,33 @@ def test_cli_explain_bad_input_is_one_line(tmp_path, args, message):
     r = run_cli("explain", *args, cwd=tmp_path)
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("hidden,texts", [(1, ["good film", "bad plot"]), (12, ["good"])])
+def test_trajectory_with_a_single_direction_still_draws(tmp_path, hidden, texts):
+    """H = 1, or a single state: only one principal direction exists; the picture keeps the second axis at 0."""
+    _saved_model(tmp_path, "gru", hidden, 4)
+    r = run_cli("explain", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x"), *texts)
+    assert r.returncode == 0, r.stderr
+    png_size(tmp_path / "x" / "trajectory.png")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lab", ""], "sentence argument 1 is empty"),
+    (["--lab", "The movie", "   "], "sentence argument 2 is empty"),
+])
+def test_cli_explain_empty_sentences_are_one_line_errors(tmp_path, args, message):
+    r = run_cli("explain", *args, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", [["explain", "--lab"], ["gradflow", "--length", "3", "--hidden", "2"],
+                                     ["memory", "--steps", "1", "--distances", "1", "--cells", "rnn"],
+                                     ["lab", "--epochs", "1"]])
+def test_an_out_that_is_a_file_is_a_one_line_error(tmp_path, command):
+    (tmp_path / "taken").write_text("not a folder")
+    r = run_cli(*command, "--out", str(tmp_path / "taken"), cwd=tmp_path)
+    assert r.returncode == 2 and "pass a folder to --out" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert (tmp_path / "taken").read_text() == "not a folder"

@@ -88,3 +88,22 @@ def test_cli_gradflow_prints_ratios_and_writes_plot_and_json(tmp_path):
 def test_cli_gradflow_rejects_a_too_short_sequence(tmp_path):
     r = run_cli("gradflow", "--length", "1", "--out", str(tmp_path))
     assert r.returncode == 2 and "--length >= 2" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--clip", "nan"], "finite --clip > 0"),
+    (["--clip", "0"], "finite --clip > 0"),
+    (["--hidden", "1024", "--length", "200"], "lower --hidden or --length"),
+])
+def test_cli_gradflow_rejects_what_it_cannot_run(tmp_path, args, message):
+    r = run_cli("gradflow", *args, "--out", str(tmp_path / "g"))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "g").exists()
+
+
+def test_lstm_flow_also_reports_the_cell_path_and_the_gates():
+    flow = gradflow.measure("lstm", length=10, batch=3, hidden=4, embed_dim=3, vocab_size=9)
+    assert len(flow.dL_dc) == 10 and set(flow.gate_means) == {"i", "f", "g", "o"}
+    assert 0 < flow.gate_means["f"] < 1
+    gru = gradflow.measure("gru", length=10, batch=3, hidden=4, embed_dim=3, vocab_size=9)
+    assert gru.dL_dc is None and set(gru.gate_means) == {"r", "z", "n"}

@@ -41,8 +41,10 @@ def test_lab_meets_the_handouts_bar(tmp_path):
     assert width >= 300 and height >= 300
 
 
-def test_trajectory_of_larger_states_is_drawn_on_principal_components(tmp_path):
-    result = run_lab(Config.lab(epochs=2, hidden=5), tmp_path, log=lambda _: None)
+@pytest.mark.parametrize("hidden,phi", [(5, "tanh"), (1, "tanh"), (2, "relu")])
+def test_trajectory_is_drawn_for_any_state_size(tmp_path, hidden, phi):
+    """n > 2 and n = 1: on principal components (one of them at 0 for n = 1); relu states are not bounded."""
+    result = run_lab(Config.lab(epochs=2, hidden=hidden, phi=phi), tmp_path, log=lambda _: None)
     assert "trajectory.png" in {f.name for f in result.files}
     width, height = png_size(tmp_path / "trajectory.png")
     assert width >= 300 and height >= 300

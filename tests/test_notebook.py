@@ -85,11 +85,16 @@ def test_notebook_runs_top_to_bottom_and_solves_the_lab(tmp_path, monkeypatch):
     assert float(epochs[-1].rsplit(" ", 1)[1]) < 0.02
     # the figures are shown inline, and written under the kernel's folder (never into the repository)
     figures = [c.id for c in code_cells(nb) if any("image/png" in o.get("data", {}) for o in c.outputs)]
-    assert {"step4", "tour1"} <= set(figures)
+    assert {"step4", "tour1", "tour3"} <= set(figures)
     assert (work / "runs" / "notebook" / "loss_curve.png").is_file()
     assert "Sentence: ['The', 'movie', 'is', 'bad'] → Prediction: 0" in text_of(cells["step5"])
     # the hand-written loop of step 3 is rnnlab's run_lab, up to float rounding
-    assert "run_lab's: " in text_of(cells["tour1"])
+    gap = text_of(cells["tour1"]).split("run_lab's: ", 1)[1].split()[0]
+    assert float(gap) < 1e-5, gap
+    # the explain tour: a table per sentence, ending on the lab's answers ('good bad' ends on 'bad')
+    explained = text_of(cells["tour3"])
+    for line in ("'The movie is bad' -> 0", "'The movie is good' -> 1", "'The movie is good bad' -> 0"):
+        assert line in explained
     if SHARED_DATA.is_dir():
         assert "test accuracy" in text_of(cells["tour2"])
     else:

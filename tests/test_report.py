@@ -96,3 +96,23 @@ def test_cli_report_and_train_report(run, tmp_path):
 def test_report_of_a_folder_without_a_model_is_a_one_line_error(tmp_path):
     r = run_cli("report", str(tmp_path))
     assert r.returncode == 2 and "no model.pt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("samples.json", '{"a": 1}', "expected a list of"),
+    ("samples.json", '[{"txt": "x"}]', "expected a list of"),
+    ("samples.json", '[{"text": "", "label": "pos"}]', "expected a list of"),
+    ("samples.json", '[{"text": "fine"', "not valid JSON"),
+    ("samples.json", b"\xff\xfe[]", "not UTF-8"),
+    ("metrics.json", '{"accuracy": 1.0}', "not the metrics.json"),
+])
+def test_report_refuses_damaged_run_files_in_one_line(run, tmp_path, name, content, message):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(run.out_dir, folder)
+    path = folder / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    r = run_cli("report", str(folder))
+    assert r.returncode == 2 and message in r.stderr and str(path) in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -44,9 +44,9 @@ def cmd_lab(args) -> int:
     from rnnlab.lab import run_lab
 
     config = Config.lab(epochs=args.epochs, lr=args.lr, hidden=args.hidden, seed=args.seed, phi=args.phi,
-                        cell=args.cell, backward=args.backward)
-    sentences = [s.split() for s in args.sentence] if args.sentence else None
-    run_lab(config, args.out, test_sentences=sentences, show=args.show)
+                        cell=args.cell, backward=args.backward).validate()
+    sentences = [s.split() for s in _texts(args.sentence)] if args.sentence else None
+    run_lab(config, _out_dir(args.out), test_sentences=sentences, show=args.show)
     return 0
 
 
@@ -141,6 +141,21 @@ def cmd_train(args) -> int:
               text_column=_column(args.text_column), label_column=_column(args.label_column), resume=args.resume,
               plots=not args.no_plots, report=args.report, team=team)
     return 0
+
+
+def _out_dir(path: str):
+    """The output folder, created now (with its parents), so that a path that cannot be a folder is an error
+    before any work is done."""
+    from pathlib import Path
+
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError("this is a file, not a folder; pass a folder to --out", path=out) from None
+    except (NotADirectoryError, PermissionError) as e:
+        raise UserError(f"cannot make this folder ({e.strerror}); pass another --out", path=out) from None
+    return out
 
 
 def _column(value: str | None):
@@ -253,7 +268,7 @@ def cmd_explain(args) -> int:
     from rnnlab import explain
 
     if args.lab:
-        model, traces = explain.explain_lab(args.texts or None)
+        model, traces = explain.explain_lab(_texts(args.texts) or None)
     else:
         texts = _texts(args.texts) if args.texts else _stdin_lines()
         if not texts:
@@ -264,7 +279,7 @@ def cmd_explain(args) -> int:
     else:
         pca = explain.shared_pca(traces)  # one set of axes for all the sentences given
         print("\n\n".join(explain.format_trace(tr, pca) for tr in traces))
-    for f in explain.write(model, traces, args.out) if args.out else []:
+    for f in explain.write(model, traces, _out_dir(args.out)) if args.out else []:
         print(f"wrote {f}")
     return 0
 
@@ -283,16 +298,20 @@ def _add_gradflow(sub) -> None:
 
 def cmd_gradflow(args) -> int:
     import json
-    from pathlib import Path
+    import math
 
     from rnnlab import gradflow
 
-    if args.length < 2 or args.hidden < 1 or args.clip <= 0:
-        raise UserError("need --length >= 2, --hidden >= 1 and --clip > 0, e.g. --length 100 --hidden 64 --clip 1")
+    if args.length < 2 or args.hidden < 1 or not (args.clip > 0 and math.isfinite(args.clip)):
+        raise UserError("need --length >= 2, --hidden >= 1 and a finite --clip > 0, e.g. --length 100 --hidden 64 "
+                        "--clip 1")
+    gb = gradflow.memory_needed(args.length, args.hidden) / 2**30
+    if gb > 4:
+        raise UserError(f"--hidden {args.hidden} with --length {args.length} needs about {gb:.0f} GB (the Jacobians "
+                        "take H copies of each sequence); lower --hidden or --length")
+    out = _out_dir(args.out)
     flows = gradflow.run(length=args.length, hidden=args.hidden, clip=args.clip, seed=args.seed)
     print(gradflow.format_table(flows, args.clip))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "gradflow.json").write_text(json.dumps({"length": args.length, "hidden": args.hidden, "clip": args.clip,
                                                    "seed": args.seed, "flows": [f.to_dict() for f in flows]}) + "\n")
     for f in (out / "gradflow.json", gradflow.plot(flows, out / "gradflow.png", clip=args.clip)):
@@ -341,10 +360,12 @@ def cmd_memory(args) -> int:
 
     given = {"steps": args.steps, "hidden": args.hidden, "seed": args.seed, "optimizer": args.optimizer, "lr": args.lr}
     config = memory.MemoryConfig(**{k: v for k, v in given.items() if v is not None}).validate()
-    rows = memory.sweep(args.cells or memory.CELLS, args.distances or memory.DISTANCES, config)
+    cells, distances = memory.check_sweep(args.cells or memory.CELLS, args.distances or memory.DISTANCES)
+    out = _out_dir(args.out)  # before the sweep: its minutes are not lost to a bad --out
+    rows = memory.sweep(cells, distances, config)
     print(f"test accuracy (chance {1 / config.num_classes:.3f}):")
     print(memory.table(rows))
-    for f in memory.write_results(rows, config, args.out):
+    for f in memory.write_results(rows, config, out):
         print(f"wrote {f}")
     return 0
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rnnlab.errors import UserError
 from rnnlab.model import Classifier
 from rnnlab.recurrent import manual_forward
 
@@ -56,7 +57,9 @@ class Trace:
 def trace(model: Classifier, ids: list[int], tokens: list[str], label_names: list[str], *, text: str = "",
           known: list[bool] | None = None) -> Trace:
     """Run one encoded sentence through the model and keep everything it computes on the way."""
-    assert len(ids) == len(tokens) >= 1, "one id per token, at least one token"
+    assert len(ids) == len(tokens), "one id per token"
+    if not tokens:
+        raise UserError(f"sentence {text!r} has no words; give each sentence at least one word")
     x = torch.tensor([ids], device=model.W_out.device).t()  # (T, 1), time-major
     if model.E is not None:
         x = F.embedding(x, model.E)  # (T, 1, D)
@@ -95,6 +98,9 @@ def explain_lab(texts: list[str] | None = None) -> tuple[Classifier, list[Trace]
     from rnnlab.lab import TEST_SENTENCES, sentence_ids, train_lab_model
 
     sentences = [t.split() for t in texts] if texts else [list(s) for s in TEST_SENTENCES]
+    for i, words in enumerate(sentences, start=1):
+        if not words:
+            raise UserError(f"sentence {i} is empty; give it some of the lab's words, e.g. \"The movie is good\"")
     ids = [sentence_ids(s, where=f"sentence {i + 1}")[0].tolist() for i, s in enumerate(sentences)]  # check first
     model, _ = train_lab_model(Config.lab(), log=lambda _: None)
     return model, [trace(model, i, s, ["0", "1"]) for i, s in zip(ids, sentences)]
@@ -197,16 +203,20 @@ def plot_trajectories(model: Classifier, traces: list[Trace], path, *, pca: PCA 
     w, c = (W_out[1] - W_out[0], float(b_out[1] - b_out[0])) if model.num_classes == 2 else (None, None)
     words = [tr.tokens for tr in traces]
     paths = [torch.cat((torch.zeros(1, H), tr.states)) for tr in traces]  # s_0 = 0, then one state per word
+    bounded = model.cell.name != "rnn" or model.cell.phi == "tanh"  # tanh and the gated cells keep h_t in (-1, 1)
     if H == 2 and pca is None:
         boundary = None if w is None else (w.tolist(), c)
         return plots.trajectory(words, [p.tolist() for p in paths], boundary, path, axes=("s[0]", "s[1]"),
-                                limits=(-1.1, 1.1),  # every cell's h_t lies in (-1, 1)
+                                limits=(-1.1, 1.1) if bounded else None,
                                 title="Hidden state after each word (green: class 1, red: class 0)", show=show)
     pca = pca or fit_pca(torch.cat([tr.states for tr in traces]), 2)
-    pca = PCA(pca.mean, pca.components[:2], pca.explained[:2])  # the plane of the first two
+    V, share = pca.components[:2], pca.explained[:2]  # the plane of the first two
+    if len(V) < 2:  # H = 1, or a single state: one direction only; the second axis stays at 0
+        V, share = torch.cat((V, V.new_zeros(2 - len(V), H))), torch.cat((share, share.new_zeros(2 - len(share))))
+    pca = PCA(pca.mean, V, share)
     boundary = None if w is None else ((pca.components @ w).tolist(), float(w @ pca.mean) + c)
-    share = ", ".join(f"{100 * float(e):.0f}%" for e in pca.explained)
+    shares = ", ".join(f"{100 * float(e):.0f}%" for e in pca.explained)
     return plots.trajectory(words, [pca.project(p).tolist() for p in paths], boundary, path,
                             axes=("principal component 1", "principal component 2"),
-                            title=f"Hidden states (H = {H}) on their top 2 principal components ({share} of variance)",
+                            title=f"Hidden states (H = {H}) on their top 2 principal components ({shares} of variance)",
                             show=show)

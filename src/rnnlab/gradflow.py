@@ -18,8 +18,10 @@ For each setup this module measures, on random sentences of length T:
     ratio               ||dL/ds_1|| / ||dL/ds_T||
     ||g||               the norm of the whole parameter gradient, before and after clipping it to `clip`
 
-Clipping rescales the whole gradient by one factor min(1, clip / ||g||), so it bounds the size of an
-exploding update, but it leaves the ratio, and so a vanishing gradient, exactly as it was.
+Clipping acts after backpropagation, on the parameter gradient: dW = sum_t (contribution of step t) is
+multiplied by one factor min(1, clip / ||g||). That bounds the size of an exploding update, but every
+step's contribution shrinks by the same factor, so how little the early steps contribute (the vanishing)
+is left exactly as it was. The plot's dashed lines are the measured curves times that factor.
 
 Setups: the vanilla RNN with W rescaled to spectral radius rho in {0.5, 1.0, 1.5}, then the LSTM and the
 GRU as initialised (uniform in +-1/sqrt(H), torch.nn's default). Inputs are random token ids through a
@@ -48,6 +50,8 @@ class Flow:
     ds_T_ds: list[float]  # ||ds_T/ds_t||_2 for t = 1..T (1 at t = T)
     grad_norm: float  # ||dL/dtheta|| over every parameter, before clipping
     clipped_norm: float  # the same after clipping to `clip`
+    dL_dc: list[float] | None = None  # LSTM only: ||dL/dc_t|| for t = 1..T, the gradient on the cell path
+    gate_means: dict[str, float] | None = None  # mean activation of each gate over every unit, step and sequence
 
     @property
     def ratio(self) -> float:
@@ -56,7 +60,8 @@ class Flow:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "ratio": self.ratio, "grad_norm": self.grad_norm,
-                "clipped_norm": self.clipped_norm, "dL_ds": self.dL_ds, "ds_T_ds": self.ds_T_ds}
+                "clipped_norm": self.clipped_norm, "dL_ds": self.dL_ds, "ds_T_ds": self.ds_T_ds,
+                "dL_dc": self.dL_dc, "gate_means": self.gate_means}
 
 
 def set_spectral_radius(W: torch.Tensor, rho: float) -> None:
@@ -76,15 +81,18 @@ def make_model(cell: str, rho: float | None, *, hidden: int, embed_dim: int, voc
     return model
 
 
-def state_gradients(model: Classifier, ids: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """dL/ds_t for t = 1..T, (T, B, H), by the hand BPTT; L = mean cross-entropy of W_out s_T + b_out."""
+def state_gradients(model: Classifier, ids: torch.Tensor, y: torch.Tensor, *, cell_path: bool = False):
+    """dL/ds_t for t = 1..T, (T, B, H), by the hand BPTT; L = mean cross-entropy of W_out s_T + b_out.
+    With cell_path=True (LSTM): (dL/dh_t, dL/dc_t, the gate activations) instead."""
     with torch.no_grad():
         x = ids.t() if model.E is None else F.embedding(ids.t(), model.E)  # time-major
         buf = manual_forward(model.cell, x)
+        gates = {k: float(v.mean()) for k, v in model.cell.activations(buf).items() if k != "c"}
         s_T = buf.h[-1].clone()
         p = torch.softmax(model.logits(s_T), dim=-1)
         dlogits = (p - F.one_hot(y, p.shape[1]).to(p.dtype)) / len(y)  # d mean CE / d logits
-        return _backward(model, buf, x, dlogits @ model.W_out)  # dL/ds_T = W_out^T dlogits
+        ds, dc = _backward(model, buf, x, dlogits @ model.W_out)  # dL/ds_T = W_out^T dlogits
+        return (ds, dc, gates) if cell_path else ds
 
 
 def final_state_jacobians(model: Classifier, ids: torch.Tensor) -> torch.Tensor:
@@ -99,11 +107,18 @@ def final_state_jacobians(model: Classifier, ids: torch.Tensor) -> torch.Tensor:
         x = rep.t() if model.E is None else F.embedding(rep.t(), model.E)
         buf = manual_forward(model.cell, x)
         dh_T = torch.eye(H, dtype=buf.h.dtype).repeat(B, 1)  # e_i for copy i
-        return _backward(model, buf, x, dh_T).view(T, B, H, H)
+        return _backward(model, buf, x, dh_T)[0].view(T, B, H, H)
 
 
-def _backward(model: Classifier, buf, x, dh_T: torch.Tensor) -> torch.Tensor:
-    """Run `recurrent.bptt` from dL/ds_T = dh_T (and dL/dc_T = 0) and keep dL/ds_t of every step."""
+def memory_needed(length: int, hidden: int, jacobian_sequences: int = 4) -> int:
+    """Bytes, roughly, of `final_state_jacobians`: float64 LSTM buffers (about 12 numbers per unit and step)
+    for jacobian_sequences * H copies of a sequence."""
+    return 8 * 12 * jacobian_sequences * hidden * hidden * (length + 1)
+
+
+def _backward(model: Classifier, buf, x, dh_T: torch.Tensor):
+    """Run `recurrent.bptt` from dL/ds_T = dh_T (and dL/dc_T = 0) and keep dL/ds_t of every step, and
+    dL/dc_t for the LSTM (else None)."""
     cell = model.cell
     T, B = x.shape[:2]
     cell.local_derivatives(buf)
@@ -111,12 +126,15 @@ def _backward(model: Classifier, buf, x, dh_T: torch.Tensor) -> torch.Tensor:
     if cell.n_states == 2:
         buf.dc.zero_()
     ds = buf.h.new_empty(T, B, model.hidden_size)
+    dcs = buf.h.new_empty(T, B, model.hidden_size) if cell.n_states == 2 else None
 
-    def record(t, dh, dc):  # dh = dL/ds_t, t = T..1
+    def record(t, dh, dc):  # dh = dL/ds_t (dc = dL/dc_t), t = T..1
         ds[t - 1] = dh
+        if dcs is not None:
+            dcs[t - 1] = dc
 
     bptt(cell, buf, dh_T.clone(), on_step=record)
-    return ds
+    return ds, dcs
 
 
 def measure(cell: str, rho: float | None = None, *, length: int = 100, batch: int = 16, hidden: int = 64,
@@ -127,7 +145,9 @@ def measure(cell: str, rho: float | None = None, *, length: int = 100, batch: in
     g = torch.Generator().manual_seed(seed + 1)
     ids = torch.randint(0, vocab_size, (batch, length), generator=g)
     y = torch.randint(0, 2, (batch,), generator=g)
-    dL_ds = state_gradients(model, ids, y).flatten(1).norm(dim=1)  # ||dL/ds_t|| over the batch
+    ds, dc, gates = state_gradients(model, ids, y, cell_path=True)
+    dL_ds = ds.flatten(1).norm(dim=1)  # ||dL/ds_t|| over the batch
+    dL_dc = dc.flatten(1).norm(dim=1).tolist() if dc is not None else None
     J = final_state_jacobians(model, ids[:jacobian_sequences])  # (T, b, H, H)
     ds_T_ds = torch.linalg.matrix_norm(J, ord=2).mean(dim=1)  # spectral norm, mean over the sequences
     # the whole parameter gradient, through the training path (model forward, loss.backward), then clipped
@@ -137,7 +157,7 @@ def measure(cell: str, rho: float | None = None, *, length: int = 100, batch: in
     norm = float(clip_grad_norm(params, clip))
     clipped = float(torch.sqrt(sum((p.grad * p.grad).sum() for p in params)))
     name = f"{cell} rho={rho:g}" if rho is not None else cell
-    return Flow(name, dL_ds.tolist(), ds_T_ds.tolist(), norm, clipped)
+    return Flow(name, dL_ds.tolist(), ds_T_ds.tolist(), norm, clipped, dL_dc, gates or None)
 
 
 def run(*, length: int = 100, clip: float = 1.0, seed: int = 0, setups=SETUPS, **kw) -> list[Flow]:
@@ -153,7 +173,7 @@ def format_table(flows: list[Flow], clip: float) -> str:
 
 
 def plot(flows: list[Flow], path, *, clip: float, show: bool = False):
-    """Two panels on a log scale against t: ||dL/ds_t|| (dashed: after clipping) and ||ds_T/ds_t||."""
+    """Two panels on a log scale against t: ||dL/ds_t|| (dashed: times the clipping factor) and ||ds_T/ds_t||."""
     from rnnlab import plots
 
     fig, (left, right) = plots.figure_grid(1, 2, (12, 4.5), show=show)
@@ -161,10 +181,10 @@ def plot(flows: list[Flow], path, *, clip: float, show: bool = False):
         t = range(1, len(f.dL_ds) + 1)
         (line,) = left.plot(t, f.dL_ds, label=f"{f.name}  (ratio {f.ratio:.1e})")
         scale = f.clipped_norm / f.grad_norm if f.grad_norm > 0 else 1.0
-        if scale < 1:  # clipping shrinks every dL/ds_t by the same factor
+        if scale < 1:  # not measured: clipping multiplies every step's share of dW by this one factor
             left.plot(t, [v * scale for v in f.dL_ds], color=line.get_color(), linestyle="dashed")
         right.plot(t, f.ds_T_ds, label=f.name, color=line.get_color())
-    left.set_title(f"||dL/ds_t|| (dashed: the same after clipping to {clip:g})")
+    left.set_title(f"||dL/ds_t||  (dashed: scaled by clipping to {clip:g})")
     right.set_title("||ds_T / ds_t||  (spectral norm)")
     for ax in (left, right):
         ax.set_yscale("log")

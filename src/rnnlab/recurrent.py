@@ -153,7 +153,8 @@ def bptt(cell: Cell, buf: Buffers, dh: torch.Tensor, d_out: torch.Tensor | None 
 
     d_out (T, B, H), if given, is the gradient arriving at each output s_t. `on_step(t, dh, dc)`, if
     given, sees dL/ds_t (and dL/dc_t, else None) for t = T..1 before step t is undone; `rnnlab
-    gradflow` records the gradient norms there. It must not change them."""
+    gradflow` records the gradient norms there. It must not change them. `dh` itself is overwritten (it
+    serves as scratch for later steps): pass a copy if you need it afterwards."""
     if d_out is not None and mask is not None:
         d_out = d_out * mask  # padded outputs are constants (zero)
     not_mask = None if mask is None else ~mask

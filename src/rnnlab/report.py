@@ -42,10 +42,13 @@ def write_report(run_dir, sentences: list[str] | None = None) -> list[Path]:
     if not (run / checkpoint.BEST).is_file():
         raise UserError("not a finished run folder (no model.pt); pass a folder written by `rnnlab train`", path=run)
     model, config, vocab, label_names, _ = checkpoint.load_model(run)
-    samples = _read_json(run / "samples.json", []) + [{"text": s, "label": None} for s in sentences or []]
+    samples = _samples(run / "samples.json") + [{"text": s, "label": None} for s in sentences or []]
     traces = explain_texts(model, vocab, [s["text"] for s in samples], label_names, config.lowercase)
     drawn = [plot_trajectories(model, traces, run / "trajectory.png")] if traces else []
     metrics = _read_json(run / "metrics.json", None)
+    if metrics is not None and not (isinstance(metrics, dict) and {"accuracy", "n", "per_class"} <= set(metrics)):
+        raise UserError("not the metrics.json `rnnlab train` writes (accuracy, n, per_class); delete it or train "
+                        "again", path=run / "metrics.json")
     history = []
     if (run / "history.csv").is_file():
         with open(run / "history.csv", newline="") as f:
@@ -110,6 +113,18 @@ def _trace_html(tr: Trace, true_label: str | None) -> str:
             f'<table><tr><th class="l">word</th>{head}</tr>{"".join(rows)}</table>')
 
 
+def _samples(path: Path) -> list[dict]:
+    """samples.json: a list of {"text": non-empty string, "label": string or null}."""
+    samples = _read_json(path, [])
+    ok = isinstance(samples, list) and all(
+        isinstance(s, dict) and isinstance(s.get("text"), str) and s["text"].strip()
+        and isinstance(s.get("label"), (str, type(None))) for s in samples)
+    if not ok:
+        raise UserError('expected a list of {"text": "...", "label": "..."} with non-empty texts; fix it, delete it '
+                        "or train again", path=path)
+    return samples
+
+
 def _read_json(path: Path, default):
     if not path.is_file():
         return default
@@ -118,6 +133,8 @@ def _read_json(path: Path, default):
     except json.JSONDecodeError as e:
         raise UserError(f"not valid JSON ({e.msg}); restore the file or train again", path=path, line=e.lineno) \
             from None
+    except UnicodeDecodeError:
+        raise UserError("not UTF-8 text; restore the file or train again", path=path) from None
 
 
 def _e(value) -> str:
