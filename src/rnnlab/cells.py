@@ -316,7 +316,10 @@ class GRUCell(Cell):
         """As the base class, but dh_{t-1} takes the r, z rows and the n rows of W separately."""
         H = self.hidden_size
         buf.dp = buf.factor if reuse else buf.factor.clone()
-        buf.dh_prev, buf.dgh_n = buf.h.new_empty(B, H), buf.h.new_empty(T, B, H)
+        if not reuse:
+            buf.rz = buf.rz.clone()
+        buf.dh_prev = buf.h.new_empty(B, H)
+        buf.dgh_n = buf.rz[..., :H]  # dgh_n_t is written over r_t, once backward_t has read r_t for the last time
         W = W.detach()
         buf.W_T_rz = gemm.multiplier(W[: 2 * H].t().contiguous(), B)
         buf.add_W_T_n = gemm.accumulator(W[2 * H :].t().contiguous(), B)
@@ -357,14 +360,14 @@ class GRUCell(Cell):
         r, z = rz[:, :H], rz[:, H:]
         dp = buf.dp_t[t]  # (B, 3H), in place over the factors of step t
         dp.view(B, 3, H).mul_(dh.unsqueeze(1))  # dr_pre, dz_pre, dn_pre
-        dgh_n = torch.mul(dp[:, 2 * H :], r, out=buf.dgh_n_t[t])  # dgh = [dr_pre, dz_pre, dn_pre * r]
+        dgh_n = r.mul_(dp[:, 2 * H :])  # dgh = [dr_pre, dz_pre, dn_pre * r], over r (buf.dgh_n_t[t])
         buf.dh_prev = buf.W_T_rz(buf.dh_prev, dp[:, : 2 * H])  # W_rz^T [dr_pre, dz_pre]
         buf.add_W_T_n(buf.dh_prev, dgh_n).addcmul_(dh, z)  # dh_{t-1} = W^T dgh + dh z
 
     def weight_grads(self, buf: Buffers, h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
         H = self.hidden_size
         dp_rz = buf.dp.view(-1, 3 * H)[:, : 2 * H]
-        dgh_n = buf.dgh_n.view(-1, H)
+        dgh_n = buf.dgh_n.view(-1, H)  # (T*B, H), rows 2H apart: the r half of rz
         dW = torch.cat((linear(dp_rz.t(), h_prev.t()), linear(dgh_n.t(), h_prev.t())))  # dgh^T s_{t-1}
         return {"W": dW, "b_hn": dgh_n.sum(dim=0)}  # b_hn enters with W_n s_{t-1}
 
