@@ -93,6 +93,15 @@ def test_cli_report_and_train_report(run, tmp_path):
     parse(tmp_path / "r" / "report.html")
 
 
+def test_report_elsewhere_links_back_to_the_run(run, tmp_path):
+    r = run_cli("report", str(run.out_dir), "--out", str(tmp_path / "pages"))
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {tmp_path / 'pages' / 'trajectory.png'}" in r.stdout
+    page = parse(tmp_path / "pages" / "report.html")
+    assert len(page.images) == 4
+    assert page.links and all((tmp_path / "pages" / href).resolve().is_file() for href in page.links)
+
+
 def test_report_of_a_folder_without_a_model_is_a_one_line_error(tmp_path):
     r = run_cli("report", str(tmp_path))
     assert r.returncode == 2 and "no model.pt" in r.stderr and len(r.stderr.strip().splitlines()) == 1

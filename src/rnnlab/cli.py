@@ -325,13 +325,14 @@ def _add_report(sub) -> None:
                                    "their word-by-word traces, as RUN_DIR/report.html.")
     p.add_argument("run_dir", help="run folder written by `rnnlab train`")
     p.add_argument("--sentence", action="append", metavar="TEXT", help="also explain this sentence (repeatable)")
+    p.add_argument("--out", help="folder for report.html and trajectory.png (default: the run folder)")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
     from rnnlab.report import write_report
 
-    for f in write_report(args.run_dir, _texts(args.sentence or [])):
+    for f in write_report(args.run_dir, _texts(args.sentence or []), _out_dir(args.out) if args.out else None):
         print(f"wrote {f}")
     return 0
 

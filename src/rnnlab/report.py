@@ -20,6 +20,7 @@ import base64
 import csv
 import html
 import json
+import os
 from pathlib import Path
 
 from rnnlab import checkpoint
@@ -36,15 +37,18 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%;border:1px so
 figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}.wrong{color:#b00}.unk{color:#888}"""
 
 
-def write_report(run_dir, sentences: list[str] | None = None) -> list[Path]:
-    """Write `report.html` (and the samples' `trajectory.png`) in the run folder; their paths, the page first."""
+def write_report(run_dir, sentences: list[str] | None = None, out_dir=None) -> list[Path]:
+    """Write `report.html` and the samples' `trajectory.png` into `out_dir` (default: the run folder); their
+    paths, the page first. Links to the run's files are relative to the page."""
     run = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run
     if not (run / checkpoint.BEST).is_file():
         raise UserError("not a finished run folder (no model.pt); pass a folder written by `rnnlab train`", path=run)
     model, config, vocab, label_names, _ = checkpoint.load_model(run)
     samples = _samples(run / "samples.json") + [{"text": s, "label": None} for s in sentences or []]
     traces = explain_texts(model, vocab, [s["text"] for s in samples], label_names, config.lowercase)
-    drawn = [plot_trajectories(model, traces, run / "trajectory.png")] if traces else []
+    drawn = [plot_trajectories(model, traces, out / "trajectory.png")] if traces else []
+    images = {name: out / name if name == "trajectory.png" else run / name for name, _ in IMAGES}
     metrics = _read_json(run / "metrics.json", None)
     if metrics is not None and not (isinstance(metrics, dict) and {"accuracy", "n", "per_class"} <= set(metrics)):
         raise UserError("not the metrics.json `rnnlab train` writes (accuracy, n, per_class); delete it or train "
@@ -61,8 +65,8 @@ def write_report(run_dir, sentences: list[str] | None = None) -> list[Path]:
         parts.append(_metrics_html(metrics))
     parts.append("<h2>Curves</h2>")
     for name, caption in IMAGES:
-        if (run / name).is_file():
-            data = base64.b64encode((run / name).read_bytes()).decode("ascii")
+        if images[name].is_file():
+            data = base64.b64encode(images[name].read_bytes()).decode("ascii")
             parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
                          f"<figcaption>{_e(caption)}</figcaption></figure>")
     if traces:
@@ -73,12 +77,12 @@ def write_report(run_dir, sentences: list[str] | None = None) -> list[Path]:
     parts.append("<h2>Settings</h2><table>" + "".join(
         f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>' for k, v in config.to_dict().items())
         + "</table>")
-    links = [f'<a href="{n}">{n}</a>' for n in ("config.json", "history.csv", "metrics.json", checkpoint.BEST)
-             if (run / n).is_file()]
+    links = [f'<a href="{_e(Path(os.path.relpath(run / n, out)).as_posix())}">{n}</a>'
+             for n in ("config.json", "history.csv", "metrics.json", checkpoint.BEST) if (run / n).is_file()]
     parts.append(f"<p>Files: {' · '.join(links)}</p>")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>rnnlab run {_e(run.name)}'
             f"</title><style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
-    path = run / REPORT
+    path = out / REPORT
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)  # whole or not at all
