@@ -12,8 +12,8 @@ from rnnlab import gemm
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_linear_equals_matmul_above_the_threshold(transposed, with_bias):
     g = torch.Generator().manual_seed(0)
-    M, K, N = 256, 128, 96  # 3.1M multiply-adds: above MIN_MACS, so oneDNN where it works
-    assert M * K * N >= gemm.MIN_MACS
+    M, K, N = 512, 256, 256  # 2^25 multiply-adds: above both thresholds, so oneDNN where it works
+    assert M * K * N >= max(gemm.MIN_MACS, gemm.MIN_MACS_STRIDED)
     x = torch.randn(K, M, generator=g).t() if transposed else torch.randn(M, K, generator=g)
     w = torch.randn(K, N, generator=g).t() if transposed else torch.randn(N, K, generator=g)
     b = torch.randn(N, generator=g) if with_bias else None
@@ -21,6 +21,15 @@ def test_linear_equals_matmul_above_the_threshold(transposed, with_bias):
         got = gemm.linear(x, w, b)
     ref = x.double() @ w.double().t() + (b.double() if with_bias else 0)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_transposed_operands_need_a_larger_product_for_onednn():
+    x, w = torch.randn(2048, 64), torch.randn(96, 64)  # 12.6M multiply-adds, between the two thresholds
+    with torch.no_grad():
+        contiguous = gemm._use_onednn(x, w)
+        strided = gemm._use_onednn(x.t().contiguous().t(), w)
+    assert not strided  # a copy first would cost more than MKL's strided product
+    assert contiguous == gemm._onednn_works()
 
 
 @pytest.mark.parametrize("M", [2, 64])  # below and above the threshold

@@ -3,9 +3,9 @@
 On a CPU, `torch.mm` calls the BLAS torch was built with (Intel MKL in the PyPI wheels). On CPUs
 where MKL takes a generic code path (measured here: AMD EPYC, 2 cores, about 190 GFLOP/s) oneDNN,
 the library torch.nn.LSTM itself runs on for the CPU, multiplies float32 matrices about twice as fast
-(about 370 GFLOP/s) but costs about 10 us more per call. So `linear` uses oneDNN for float32 CPU
-products of at least MIN_MACS multiply-adds and torch's own matmul otherwise (small products, float64,
-GPUs). Same maths, different rounding: results agree to float32 round-off.
+(about 370 GFLOP/s) but costs about 10 us more per call, and copies transposed operands. So `linear`
+uses oneDNN for float32 CPU products of at least MIN_MACS multiply-adds (MIN_MACS_STRIDED when an
+operand is a transposed view) and torch's own matmul otherwise (small products, float64, GPUs). Same maths, different rounding: results agree to float32 round-off.
 
 oneDNN is reached through `torch.ops.mkldnn._linear_pointwise`, the op torch's own compiler emits
 for CPU linear layers; it is checked once against torch.mm when first needed, and set RNNLAB_ONEDNN=0
@@ -18,7 +18,13 @@ import os
 
 import torch
 
-MIN_MACS = 1 << 21  # below ~2M multiply-adds the call overhead outweighs the faster kernel (measured)
+MIN_MACS = 1 << 22  # below ~4M multiply-adds the call overhead outweighs the faster kernel (measured in a
+# training step: the vanilla RNN at H = 32, whose products are 2^21, is 8% faster without oneDNN)
+# oneDNN copies a transposed (non-contiguous) operand first. The weight gradients dU = dp^T x and
+# dW = dgh^T s are such products (a reduction over all T*B rows); measured here, MKL's strided product
+# beats copy + oneDNN for them up to ~2^24 multiply-adds (H = 64 with G = 3 gates: 286 us vs 250 us),
+# and loses from 2^25 on (H = 128, G = 1: 279 us vs 336 us).
+MIN_MACS_STRIDED = 1 << 25
 
 _onednn_ok: bool | None = None  # decided on first use
 
@@ -39,7 +45,8 @@ def _onednn_works() -> bool:
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    big = x.shape[0] * x.shape[1] * weight.shape[0] >= MIN_MACS
+    strided = not (x.is_contiguous() and weight.is_contiguous())
+    big = x.shape[0] * x.shape[1] * weight.shape[0] >= (MIN_MACS_STRIDED if strided else MIN_MACS)
     return (big and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled()
             and _onednn_works())
 
