@@ -5,7 +5,8 @@ where MKL takes a generic code path (measured here: AMD EPYC, 2 cores, about 190
 the library torch.nn.LSTM itself runs on for the CPU, multiplies float32 matrices about twice as fast
 (about 370 GFLOP/s) but costs about 10 us more per call, and copies transposed operands. So `linear`
 uses oneDNN for float32 CPU products of at least MIN_MACS multiply-adds (MIN_MACS_STRIDED when an
-operand is a transposed view) and torch's own matmul otherwise (small products, float64, GPUs). Same maths, different rounding: results agree to float32 round-off.
+operand is a transposed view) and torch's own matmul otherwise (small products, float64, GPUs).
+Same maths, different rounding: results agree to float32 round-off.
 
 oneDNN is reached through `torch.ops.mkldnn._linear_pointwise`, the op torch's own compiler emits
 for CPU linear layers; it is checked once against torch.mm when first needed, and set RNNLAB_ONEDNN=0
