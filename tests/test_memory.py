@@ -9,7 +9,7 @@ import torch
 
 from rnnlab import memory
 from rnnlab.errors import UserError
-from rnnlab.memory import MemoryConfig, make_task, train_one
+from rnnlab.memory import MemoryConfig, make_task, sweep, train_one
 from tests.conftest import run_cli
 from tests.test_lab import png_size
 
@@ -58,6 +58,14 @@ def test_the_optimiser_is_part_of_the_budget():
     assert sgd["final_train_loss"] != adam["final_train_loss"]  # ... so the difference is the optimiser's
 
 
+def test_several_seeds_are_averaged_and_each_is_the_single_seed_run():
+    config = MemoryConfig(steps=10, hidden=4, n_test=40, seed=5, seeds=2)
+    (row,) = sweep(["rnn"], [3], config, log=lambda _: None)
+    singles = [train_one("rnn", 3, MemoryConfig(steps=10, hidden=4, n_test=40, seed=s))["accuracy"] for s in (5, 6)]
+    assert row["seeds"] == [5, 6] and row["accuracies"] == singles
+    assert row["accuracy"] == pytest.approx(sum(singles) / 2)
+
+
 def test_table_has_one_row_per_cell_and_one_column_per_distance():
     rows = [{"cell": c, "distance": d, "accuracy": a} for c, d, a in
             [("rnn", 5, 1.0), ("rnn", 50, 0.25), ("gru", 5, 1.0), ("gru", 50, 0.5)]]
@@ -90,6 +98,7 @@ def test_cli_memory_prints_the_table_and_writes_a_png_and_json(tmp_path):
     (["--steps", "0"], "--steps 0"),
     (["--hidden", "0"], "--hidden 0"),
     (["--lr", "-1"], "--lr -1"),
+    (["--seeds", "0"], "--seeds 0"),
     (["--optimizer", "rmsprop"], "invalid choice"),
     (["--cells", "transformer"], "invalid choice"),
     (["--distances", "five"], "invalid int value"),

@@ -352,6 +352,7 @@ def _add_memory(sub) -> None:
     p.add_argument("--optimizer", choices=["adam", "sgd"], help="optimiser (default adam)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.01)")
     p.add_argument("--seed", type=int, help="seed for the weights and the data (default 0)")
+    p.add_argument("--seeds", type=int, help="repeat with this many seeds from --seed on; report the mean (default 1)")
     p.add_argument("--out", default="runs/memory", help="folder for memory.png and memory.json (default runs/memory)")
     p.set_defaults(func=cmd_memory)
 
@@ -359,12 +360,14 @@ def _add_memory(sub) -> None:
 def cmd_memory(args) -> int:
     from rnnlab import memory
 
-    given = {"steps": args.steps, "hidden": args.hidden, "seed": args.seed, "optimizer": args.optimizer, "lr": args.lr}
+    given = {"steps": args.steps, "hidden": args.hidden, "seed": args.seed, "seeds": args.seeds,
+             "optimizer": args.optimizer, "lr": args.lr}
     config = memory.MemoryConfig(**{k: v for k, v in given.items() if v is not None}).validate()
     cells, distances = memory.check_sweep(args.cells or memory.CELLS, args.distances or memory.DISTANCES)
     out = _out_dir(args.out)  # before the sweep: its minutes are not lost to a bad --out
     rows = memory.sweep(cells, distances, config)
-    print(f"test accuracy (chance {1 / config.num_classes:.3f}):")
+    seeds = "" if config.seeds == 1 else f", mean of {config.seeds} seeds"
+    print(f"test accuracy (chance {1 / config.num_classes:.3f}{seeds}):")
     print(memory.table(rows))
     for f in memory.write_results(rows, config, out):
         print(f"wrote {f}")

@@ -60,6 +60,7 @@ class MemoryConfig:
     vocab_size: int = 12  # V: C signal tokens + (V - C) distractor tokens, fed to U as one-hot vectors
     n_test: int = 1000  # held-out sequences per D, from their own seed
     seed: int = 0  # the weights (same seed for each cell), the training stream and the test set
+    seeds: int = 1  # repeat each run with seeds seed, seed + 1, ...; the accuracy reported is their mean
 
     def validate(self) -> MemoryConfig:
         """Raise UserError (one line, with the fix) for a budget no run can use."""
@@ -74,6 +75,7 @@ class MemoryConfig:
             (self.vocab_size > self.num_classes, f"vocab_size {self.vocab_size}: leave at least one distractor "
                                                  f"token above the {self.num_classes} signal tokens"),
             (self.n_test >= 1, f"n_test {self.n_test}: use at least 1"),
+            (self.seeds >= 1, f"--seeds {self.seeds}: use at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -156,16 +158,24 @@ def check_sweep(cells, distances) -> tuple[list[str], list[int]]:
 
 def sweep(cells: list[str] | tuple[str, ...] = CELLS, distances: list[int] | tuple[int, ...] = DISTANCES,
           config: MemoryConfig | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """train_one for every cell and distance, D outermost; one row per pair."""
+    """train_one for every cell and distance (D outermost) and seed; one row per (cell, D), whose
+    `accuracy` is the mean over the seeds, with each seed's in `accuracies`."""
     config = (config or MemoryConfig()).validate()
     cells, distances = check_sweep(cells, distances)
     rows = []
     for distance in distances:
         for cell in cells:
-            row = train_one(cell, distance, config)
-            log(f"D={distance:<4d} {cell:<5} accuracy {row['accuracy']:.3f}  "
-                f"train loss {row['final_train_loss']:.3f}  ({row['seconds']:.1f}s)")
-            rows.append(row)
+            runs = []
+            for seed in range(config.seed, config.seed + config.seeds):
+                run = train_one(cell, distance, dataclasses.replace(config, seed=seed))
+                log(f"D={distance:<4d} {cell:<5} seed {seed}  accuracy {run['accuracy']:.3f}  "
+                    f"train loss {run['final_train_loss']:.3f}  ({run['seconds']:.1f}s)")
+                runs.append(run)
+            accuracies = [r["accuracy"] for r in runs]
+            rows.append({"cell": cell, "distance": distance, "accuracy": sum(accuracies) / len(runs),
+                         "accuracies": accuracies, "seeds": list(range(config.seed, config.seed + config.seeds)),
+                         "final_train_loss": sum(r["final_train_loss"] for r in runs) / len(runs),
+                         "seconds": sum(r["seconds"] for r in runs)})
     return rows
 
 
@@ -192,7 +202,8 @@ def write_results(rows: list[dict], config: MemoryConfig, out_dir: str | Path, *
                                     indent=2) + "\n")
     c = config
     name = {"adam": "Adam", "sgd": "SGD"}[c.optimizer]
+    seeds = f"seed {c.seed}" if c.seeds == 1 else f"mean of seeds {c.seed}-{c.seed + c.seeds - 1} (band: min-max)"
     budget = (f"H = {c.hidden}, {c.steps} {name} steps of {c.batch_size} at lr {c.lr:g}, clip {c.clip:g}, "
-              f"{c.num_classes} classes, seed {c.seed}")
+              f"{c.num_classes} classes, {seeds}")
     png_path = plots.memory_sweep(rows, chance, out / "memory.png", budget=budget, show=show)
     return [png_path, json_path]

@@ -103,10 +103,14 @@ def memory_sweep(rows: list[dict], chance: float, path: Path, *, budget: str = "
     (the training budget shared by the cells, in words) goes under the title."""
     fig, ax = _figure(show, (6, 4))
     for i, cell in enumerate(dict.fromkeys(r["cell"] for r in rows)):
-        points = sorted((r["distance"], r["accuracy"]) for r in rows if r["cell"] == cell)
+        mine = sorted((r for r in rows if r["cell"] == cell), key=lambda r: r["distance"])
+        points = [(r["distance"], r["accuracy"]) for r in mine]
         # cells often tie (all at 1.0, or all at chance): each later line is thinner, so the ones under it show
-        ax.plot([d for d, _ in points], [a for _, a in points], marker="os^D"[i % 4], markersize=max(3, 10 - 2.5 * i),
-                linewidth=max(1.0, 3.5 - i), label=cell)
+        (line,) = ax.plot([d for d, _ in points], [a for _, a in points], marker="os^D"[i % 4],
+                          markersize=max(3, 10 - 2.5 * i), linewidth=max(1.0, 3.5 - i), label=cell)
+        if all(len(r.get("accuracies", [])) > 1 for r in mine):  # several seeds: their range as a band
+            ax.fill_between([r["distance"] for r in mine], [min(r["accuracies"]) for r in mine],
+                            [max(r["accuracies"]) for r in mine], color=line.get_color(), alpha=0.15)
     ax.axhline(chance, color="grey", linestyle="dashed", label=f"chance (1/{round(1 / chance)})")
     ax.set_xscale("log")  # D spans 5..100: equal ratios, equal spacing
     distances = sorted({r["distance"] for r in rows})
