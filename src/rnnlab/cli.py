@@ -210,10 +210,7 @@ def cmd_predict(args) -> int:
 
     from rnnlab.train import predict
 
-    texts = _texts(args.texts) if args.texts else _stdin_lines()
-    if not texts:
-        raise UserError("no text on stdin; give sentences as arguments or one per line on stdin", path="<stdin>")
-    for r in predict(args.checkpoint, texts):
+    for r in predict(args.checkpoint, _sentences(args.texts)):
         if args.json:
             print(json.dumps(r))
             continue
@@ -233,6 +230,14 @@ def _texts(arguments: list[str]) -> list[str]:
         except UnicodeEncodeError:  # bytes the terminal could not decode arrive as lone surrogates
             raise UserError(f"sentence argument {i} is not valid UTF-8; pass UTF-8 text") from None
     return arguments
+
+
+def _sentences(arguments: list[str]) -> list[str]:
+    """The sentences given as arguments, or else the lines of stdin; at least one."""
+    texts = _texts(arguments) if arguments else _stdin_lines()
+    if not texts:
+        raise UserError("no text on stdin; give sentences as arguments or one per line on stdin", path="<stdin>")
+    return texts
 
 
 def _stdin_lines() -> list[str]:
@@ -270,10 +275,7 @@ def cmd_explain(args) -> int:
     if args.lab:
         model, traces = explain.explain_lab(_texts(args.texts) or None)
     else:
-        texts = _texts(args.texts) if args.texts else _stdin_lines()
-        if not texts:
-            raise UserError("no text on stdin; give sentences as arguments or one per line on stdin", path="<stdin>")
-        model, traces = explain.explain_checkpoint(args.checkpoint, texts)
+        model, traces = explain.explain_checkpoint(args.checkpoint, _sentences(args.texts))
     if args.json:
         print(json.dumps([tr.to_dict() for tr in traces]))
     else:
