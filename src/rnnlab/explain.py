@@ -128,6 +128,10 @@ class PCA:
         """(N, H) states -> (N, k) coordinates: (s - mean) V_k^T"""
         return (s - self.mean) @ self.components.t()
 
+    def shares(self) -> str:
+        """The variance each component explains, as percentages: "29%, 6%, 5%"."""
+        return ", ".join(f"{100 * float(e):.0f}%" for e in self.explained)
+
 
 def fit_pca(states: torch.Tensor, k: int) -> PCA:
     """Principal components of the rows of `states` (N, H), by the SVD of the centred rows."""
@@ -157,8 +161,7 @@ def format_trace(tr: Trace, pca: PCA | None = None) -> str:
     """A per-word table: the word, p(class) if the sentence stopped there, the state, the gates' means.
     States larger than FULL_STATE_MAX are shown on `pca`'s components (fitted on this sentence if None)."""
     H = tr.states.shape[1]
-    if pca is None and H > FULL_STATE_MAX:
-        pca = fit_pca(tr.states, 3)
+    pca = pca or shared_pca([tr])
     if pca is None:
         state_cols = [f"s[{j}]" for j in range(H)]
         state_vals = tr.states
@@ -179,8 +182,7 @@ def format_trace(tr: Trace, pca: PCA | None = None) -> str:
         lines.append("  ".join(row))
     notes = []
     if pca is not None:
-        shares = ", ".join(f"{100 * float(e):.0f}%" for e in pca.explained)
-        notes.append(f"state shown as its top principal components (variance explained {shares}; H = {H})")
+        notes.append(f"state shown as its top principal components (variance explained {pca.shares()}; H = {H})")
     if tr.gates:
         notes.append("gates: mean over the H units")
     if not all(tr.known):
@@ -215,8 +217,7 @@ def plot_trajectories(model: Classifier, traces: list[Trace], path, *, pca: PCA 
         V, share = torch.cat((V, V.new_zeros(2 - len(V), H))), torch.cat((share, share.new_zeros(2 - len(share))))
     pca = PCA(pca.mean, V, share)
     boundary = None if w is None else ((pca.components @ w).tolist(), float(w @ pca.mean) + c)
-    shares = ", ".join(f"{100 * float(e):.0f}%" for e in pca.explained)
     return plots.trajectory(words, [pca.project(p).tolist() for p in paths], boundary, path,
                             axes=("principal component 1", "principal component 2"),
-                            title=f"Hidden states (H = {H}) on their top 2 principal components ({shares} of variance)",
-                            show=show)
+                            title=f"Hidden states (H = {H}) on their top 2 principal components ({pca.shares()} of "
+                                  "variance)", show=show)
