@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnlab.model import Classifier
-from rnnlab.optim import clip_grad_norm
+from rnnlab.optim import clip_grad_norm, grad_norm
 from rnnlab.recurrent import bptt, manual_forward
 
 SETUPS = (("rnn", 0.5), ("rnn", 1.0), ("rnn", 1.5), ("lstm", None), ("gru", None))
@@ -155,7 +155,7 @@ def measure(cell: str, rho: float | None = None, *, length: int = 100, batch: in
     loss.backward()
     params = model.parameters()
     norm = float(clip_grad_norm(params, clip))
-    clipped = float(torch.sqrt(sum((p.grad * p.grad).sum() for p in params)))
+    clipped = float(grad_norm(params))
     name = f"{cell} rho={rho:g}" if rho is not None else cell
     return Flow(name, dL_ds.tolist(), ds_T_ds.tolist(), norm, clipped, dL_dc, gates or None)
 

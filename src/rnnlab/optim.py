@@ -297,6 +297,13 @@ class Adam(Optimizer):
         self.step_count += 1
 
 
+def grad_norm(params: Iterable[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """The global L2 norm of the gradients, sqrt(sum over parameters p of sum(p.grad^2)), a 0-dim tensor;
+    parameters whose `.grad` is None are ignored (0 when none has one)."""
+    grads = [p.grad for p in _as_list(params) if p.grad is not None]
+    return torch.sqrt(sum((g * g).sum() for g in grads)) if grads else torch.tensor(0.0)
+
+
 def clip_grad_norm(params: Iterable[torch.Tensor] | torch.Tensor, max_norm: float) -> torch.Tensor:
     """Rescale all gradients together so that their global L2 norm is at most about `max_norm`.
 
@@ -310,18 +317,16 @@ def clip_grad_norm(params: Iterable[torch.Tensor] | torch.Tensor, max_norm: floa
     left untouched and the norm is returned: the training loop decides whether to skip the step.
     """
     _check(0.0 <= max_norm, f"invalid max_norm: {max_norm}; it must be >= 0")
-    grads = [p.grad for p in _as_list(params) if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    # norm = sqrt(sum_p ||g_p||^2)
-    norm = torch.sqrt(sum((g * g).sum() for g in grads))
+    params = _as_list(params)
+    norm = grad_norm(params)  # norm = sqrt(sum_p ||g_p||^2)
     if not torch.isfinite(norm):
         return norm
     # c = max_norm / (norm + 1e-6), applied only when it shrinks the gradients
     c = max_norm / (norm + 1e-6)
     if c < 1:
-        for g in grads:
-            g.mul_(c)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(c)
     return norm
 
 
