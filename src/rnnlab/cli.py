@@ -299,7 +299,6 @@ def _add_gradflow(sub) -> None:
 
 
 def cmd_gradflow(args) -> int:
-    import json
     import math
 
     from rnnlab import gradflow
@@ -314,9 +313,7 @@ def cmd_gradflow(args) -> int:
     out = _out_dir(args.out)
     flows = gradflow.run(length=args.length, hidden=args.hidden, clip=args.clip, seed=args.seed)
     print(gradflow.format_table(flows, args.clip))
-    (out / "gradflow.json").write_text(json.dumps({"length": args.length, "hidden": args.hidden, "clip": args.clip,
-                                                   "seed": args.seed, "flows": [f.to_dict() for f in flows]}) + "\n")
-    for f in (out / "gradflow.json", gradflow.plot(flows, out / "gradflow.png", clip=args.clip)):
+    for f in gradflow.write(flows, out, length=args.length, hidden=args.hidden, clip=args.clip, seed=args.seed):
         print(f"wrote {f}")
     return 0
 

@@ -31,7 +31,9 @@ Left out: training dynamics (this is the gradient at initialisation), several la
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -81,9 +83,10 @@ def make_model(cell: str, rho: float | None, *, hidden: int, embed_dim: int, voc
     return model
 
 
-def state_gradients(model: Classifier, ids: torch.Tensor, y: torch.Tensor, *, cell_path: bool = False):
-    """dL/ds_t for t = 1..T, (T, B, H), by the hand BPTT; L = mean cross-entropy of W_out s_T + b_out.
-    With cell_path=True (LSTM): (dL/dh_t, dL/dc_t, the gate activations) instead."""
+def state_gradients(model: Classifier, ids: torch.Tensor, y: torch.Tensor):
+    """(dL/ds_t, dL/dc_t, mean gates) by the hand BPTT, L = mean cross-entropy of W_out s_T + b_out:
+    dL/ds_t for t = 1..T as (T, B, H); dL/dc_t the same for the LSTM's cell state (None for the other
+    cells); and the mean activation of each gate over the forward pass ({} for the vanilla RNN)."""
     with torch.no_grad():
         x = ids.t() if model.E is None else F.embedding(ids.t(), model.E)  # time-major
         buf = manual_forward(model.cell, x)
@@ -92,7 +95,7 @@ def state_gradients(model: Classifier, ids: torch.Tensor, y: torch.Tensor, *, ce
         p = torch.softmax(model.logits(s_T), dim=-1)
         dlogits = (p - F.one_hot(y, p.shape[1]).to(p.dtype)) / len(y)  # d mean CE / d logits
         ds, dc = _backward(model, buf, x, dlogits @ model.W_out)  # dL/ds_T = W_out^T dlogits
-        return (ds, dc, gates) if cell_path else ds
+        return ds, dc, gates
 
 
 def final_state_jacobians(model: Classifier, ids: torch.Tensor) -> torch.Tensor:
@@ -145,7 +148,7 @@ def measure(cell: str, rho: float | None = None, *, length: int = 100, batch: in
     g = torch.Generator().manual_seed(seed + 1)
     ids = torch.randint(0, vocab_size, (batch, length), generator=g)
     y = torch.randint(0, 2, (batch,), generator=g)
-    ds, dc, gates = state_gradients(model, ids, y, cell_path=True)
+    ds, dc, gates = state_gradients(model, ids, y)
     dL_ds = ds.flatten(1).norm(dim=1)  # ||dL/ds_t|| over the batch
     dL_dc = dc.flatten(1).norm(dim=1).tolist() if dc is not None else None
     J = final_state_jacobians(model, ids[:jacobian_sequences])  # (T, b, H, H)
@@ -170,6 +173,15 @@ def format_table(flows: list[Flow], clip: float) -> str:
     for f in flows:
         lines.append(f"{f.name:<14} {f.ratio:20.3e} {f.ds_T_ds[0]:12.3e} {f.grad_norm:14.3e} {f.clipped_norm:12.3e}")
     return "\n".join(lines)
+
+
+def write(flows: list[Flow], out_dir, *, length: int, hidden: int, clip: float, seed: int) -> list[Path]:
+    """gradflow.json (the settings and every measured curve) and gradflow.png in `out_dir`; their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"length": length, "hidden": hidden, "clip": clip, "seed": seed}
+    (out / "gradflow.json").write_text(json.dumps({**settings, "flows": [f.to_dict() for f in flows]}) + "\n")
+    return [out / "gradflow.json", plot(flows, out / "gradflow.png", clip=clip)]
 
 
 def plot(flows: list[Flow], path, *, clip: float, show: bool = False):
