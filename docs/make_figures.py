@@ -27,6 +27,7 @@ import torch
 from rnnlab import explain, gradflow, memory
 from rnnlab.config import Config
 from rnnlab.lab import run_lab
+from rnnlab.lab import traces as lab_traces
 
 DOCS = Path(__file__).resolve().parent
 FIGURES = DOCS / "figures"
@@ -43,7 +44,7 @@ def lab_figures(tmp: Path) -> dict:
     result = run_lab(Config.lab(), tmp / "lab", log=lambda _: None)
     for name in ("loss_curve.png", "trajectory.png"):
         shutil.copy(tmp / "lab" / name, FIGURES / f"lab-{name}")
-    model, traces = explain.explain_lab(["The movie is bad", "The movie is good", *LAB_EXTRA])
+    traces = lab_traces(result.model, [s.split() for s in ["The movie is bad", "The movie is good", *LAB_EXTRA]])
     return {"loss": result.loss_history, "predictions": result.predictions, "probabilities": result.probabilities,
             "states": result.states, "tables": [explain.format_trace(tr) for tr in traces],
             "labels": [tr.label for tr in traces]}

@@ -94,16 +94,16 @@ def explain_checkpoint(path, texts: list[str]) -> tuple[Classifier, list[Trace]]
 def explain_lab(texts: list[str] | None = None) -> tuple[Classifier, list[Trace]]:
     """(model, traces) with the lab handout's model, trained here as `rnnlab lab` trains it (about a second).
     The lab's words are split on spaces and kept case-sensitive; default: the handout's two test sentences."""
+    from rnnlab import lab
     from rnnlab.config import Config
-    from rnnlab.lab import TEST_SENTENCES, sentence_ids, train_lab_model
 
-    sentences = [t.split() for t in texts] if texts else [list(s) for s in TEST_SENTENCES]
-    for i, words in enumerate(sentences, start=1):
+    sentences = [t.split() for t in texts] if texts else [list(s) for s in lab.TEST_SENTENCES]
+    for i, words in enumerate(sentences, start=1):  # check the words before the second of training
         if not words:
             raise UserError(f"sentence {i} is empty; give it some of the lab's words, e.g. \"The movie is good\"")
-    ids = [sentence_ids(s, where=f"sentence {i + 1}")[0].tolist() for i, s in enumerate(sentences)]  # check first
-    model, _ = train_lab_model(Config.lab(), log=lambda _: None)
-    return model, [trace(model, i, s, ["0", "1"]) for i, s in zip(ids, sentences)]
+        lab.sentence_ids(words, where=f"sentence {i}")
+    model, _ = lab.train_lab_model(Config.lab(), log=lambda _: None)
+    return model, lab.traces(model, sentences)
 
 
 def write(model: Classifier, traces: list[Trace], out_dir) -> list:

@@ -57,6 +57,14 @@ def sentence_ids(words: list[str], where: str = "sentence") -> torch.Tensor:
     return torch.tensor([[VOCAB[w] for w in words]])
 
 
+def traces(model: Classifier, sentences: list[list[str]]) -> list:
+    """`explain.trace` of each sentence (words of the lab's vocabulary) with the lab's classes "0", "1"."""
+    from rnnlab.explain import trace
+
+    ids = [sentence_ids(s, where=f"sentence {i}")[0].tolist() for i, s in enumerate(sentences, start=1)]
+    return [trace(model, i, s, ["0", "1"]) for i, s in zip(ids, sentences)]
+
+
 def train_lab_model(config: Config, log=print) -> tuple[Classifier, list[float]]:
     """Steps 2-5 of the handout: the model, and its training on the two sentences; (model, loss per epoch)."""
     torch.manual_seed(config.seed)  # as the handout does; the model also seeds its own generator
@@ -120,7 +128,7 @@ def run_lab(config: Config | None = None, out_dir: str | Path = "runs/lab", *, t
 
 def _write_run(config: Config, out: Path, result: LabResult, sentences: list[list[str]], show: bool) -> list[Path]:
     from rnnlab import plots  # matplotlib is imported only when a picture is drawn
-    from rnnlab.explain import plot_trajectories, trace
+    from rnnlab.explain import plot_trajectories
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json() + "\n")
@@ -135,6 +143,5 @@ def _write_run(config: Config, out: Path, result: LabResult, sentences: list[lis
     files.append(plots.loss_curve(result.loss_history, out / "loss_curve.png", show=show))
     # the handout's question 5: each sentence's path through the state plane (n = 2), or through the plane of
     # its top two principal components (n > 2)
-    traces = [trace(result.model, sentence_ids(s)[0].tolist(), s, ["0", "1"]) for s in sentences]
-    files.append(plot_trajectories(result.model, traces, out / "trajectory.png", show=show))
+    files.append(plot_trajectories(result.model, traces(result.model, sentences), out / "trajectory.png", show=show))
     return files
