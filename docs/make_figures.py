@@ -60,13 +60,10 @@ def uci_figure(tmp: Path) -> dict | None:
     config = Config(cell="gru", hidden=64, embed_dim=64, epochs=8, seed=0)
     run = train(config, UCI, tmp / "uci", fmt="uci", log=lambda _: None, progress=False, plots=False)
     texts = load_dataset(UCI, "uci").texts
-    model = run.model
-    import rnnlab.checkpoint as checkpoint
-
-    _, _, vocab, labels, _ = checkpoint.load_model(run.out_dir)
-    fit = explain.explain_texts(model, vocab, texts, labels, config.lowercase)  # every sentence of the set
+    model, every = explain.explain_checkpoint(run.out_dir, texts + UCI_SENTENCES)
+    fit, traces = every[: len(texts)], every[len(texts) :]  # every sentence of the set; the ones shown
     pca = explain.fit_pca(torch.cat([tr.states for tr in fit]), 3)  # the states after every word of every sentence
-    traces = explain.explain_texts(model, vocab, UCI_SENTENCES, labels, config.lowercase)
+    labels = traces[0].label_names
     explain.plot_trajectories(model, traces, FIGURES / "uci-gru-trajectory.png", pca=pca)
     pc1 = [pca.project(tr.states)[:, 0].tolist() for tr in traces]  # the first component after each word
     p_pos = [tr.probs[:, labels.index("positive")].tolist() for tr in traces]
