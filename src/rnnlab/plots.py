@@ -10,21 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _figure(show: bool, figsize: tuple[float, float]):
-    """(fig, ax). Headless: a bare Figure drawn by the Agg canvas, no pyplot, no display, no window
-    state. With show=True: pyplot, whose backend matplotlib picks for the display (or MPLBACKEND)."""
-    if show:
-        import matplotlib.pyplot as plt
-
-        return plt.subplots(figsize=figsize)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots()
-
-
 def figure_grid(rows: int, cols: int, figsize: tuple[float, float], *, show: bool = False):
-    """(fig, axes) with rows x cols panels, headless unless show, as `_figure`; save it with `save`."""
+    """(fig, axes) with rows x cols panels. Headless: a bare Figure drawn by the Agg canvas, no pyplot, no
+    display, no window state. With show=True: pyplot, whose backend matplotlib picks for the display (or
+    MPLBACKEND). Write it with `save`."""
     if show:
         import matplotlib.pyplot as plt
 
@@ -35,12 +24,13 @@ def figure_grid(rows: int, cols: int, figsize: tuple[float, float], *, show: boo
     return fig, fig.subplots(rows, cols)
 
 
+def _figure(show: bool, figsize: tuple[float, float]):
+    """(fig, ax): a figure of one panel, as `figure_grid`."""
+    return figure_grid(1, 1, figsize, show=show)
+
+
 def save(fig, path: Path, show: bool = False) -> Path:
     """Write `fig` as a PNG (creating its folder) and return the path; show it first if asked."""
-    return _save(fig, path, show)
-
-
-def _save(fig, path: Path, show: bool) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -60,7 +50,7 @@ def loss_curve(loss_history: list[float], path: Path, *, show: bool = False) -> 
     ax.set_ylabel("Total Loss")
     ax.set_title("Training Loss Curve")
     ax.grid(True)
-    return _save(fig, path, show)
+    return save(fig, path, show)
 
 
 def training_curves(history: list[dict], out_dir: Path, *, show: bool = False) -> list[Path]:
@@ -76,7 +66,7 @@ def training_curves(history: list[dict], out_dir: Path, *, show: bool = False) -
         ax.set_title(f"Training {label.lower()}")
         ax.grid(True)
         ax.legend()
-        paths.append(_save(fig, Path(out_dir) / ("loss.png" if key == "loss" else "accuracy.png"), show))
+        paths.append(save(fig, Path(out_dir) / ("loss.png" if key == "loss" else "accuracy.png"), show))
     return paths
 
 
@@ -95,7 +85,7 @@ def confusion(matrix: list[list[int]], label_names: list[str], path: Path, *, sh
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title("Confusion matrix (test)")
-    return _save(fig, path, show)
+    return save(fig, path, show)
 
 
 def memory_sweep(rows: list[dict], chance: float, path: Path, *, budget: str = "", show: bool = False) -> Path:
@@ -122,7 +112,7 @@ def memory_sweep(rows: list[dict], chance: float, path: Path, *, budget: str = "
     ax.set_title("Long-range memory: remember the first token" + (f"\n{budget}" if budget else ""))
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(fig, path, show)
+    return save(fig, path, show)
 
 
 def trajectory(sentences: list[list[str]], paths: list[list[list[float]]], boundary, path: Path, *,
@@ -162,4 +152,4 @@ def trajectory(sentences: list[list[str]], paths: list[list[list[float]]], bound
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path, show)
+    return save(fig, path, show)
