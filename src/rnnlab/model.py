@@ -21,15 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from rnnlab.cells import Cell, make_cell
+from rnnlab.recurrent import dropout as _dropout
 from rnnlab.recurrent import unroll
-
-
-def _dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Inverted dropout: x * m / (1 - p), m ~ Bernoulli(1 - p) elementwise."""
-    if p <= 0:
-        return x
-    keep = torch.rand(x.shape, generator=generator, device=generator.device) >= p
-    return x * keep.to(x.device, x.dtype) / (1 - p)
 
 
 class Classifier:

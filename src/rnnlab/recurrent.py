@@ -109,6 +109,33 @@ def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: tor
     return (out if mask is None else out * mask), state
 
 
+def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Inverted dropout: x * m / (1 - p), m ~ Bernoulli(1 - p) elementwise, masks drawn from `generator`."""
+    if p <= 0:
+        return x
+    keep = torch.rand(x.shape, generator=generator, device=generator.device) >= p
+    return x * keep.to(x.device, x.dtype) / (1 - p)
+
+
+def unroll_layers(cells: list[Cell], x: torch.Tensor, states: list[State] | None = None,
+                  lengths: torch.Tensor | None = None, backward: str = "autograd",
+                  dropout_between: tuple[float, torch.Generator] | None = None,
+                  batch_first: bool = True) -> tuple[torch.Tensor, list[State]]:
+    """Stacked layers, as torch.nn's num_layers: the outputs s^l_1..s^l_T of layer l are the inputs of
+    layer l + 1, each layer one `unroll` (so with backward="manual" the hand BPTT runs layer by layer,
+    top layer first). dropout_between = (p, generator) drops layer l's outputs before layer l + 1 reads
+    them (training only; not after the last layer, as torch.nn). Returns the top layer's outputs
+    (T, B, H), time-major, and each layer's final state, bottom first."""
+    finals = []
+    for layer, cell in enumerate(cells):
+        if layer > 0 and dropout_between is not None:
+            x = dropout(x, *dropout_between)
+        x, state = unroll(cell, x, None if states is None else states[layer], lengths, backward,
+                          batch_first=batch_first and layer == 0)  # layer 0's outputs are time-major
+        finals.append(state)
+    return x, finals
+
+
 _retain_buffers = False
 
 
