@@ -56,6 +56,8 @@ def _add_gradcheck(sub) -> None:
                                    "and against float64 central differences; exit 1 past tolerance.")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="all", help="cell to check (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default 0)")
+    p.add_argument("--engine", choices=["auto", "python", "compiled"], default=None,
+                   help="who runs the hand BPTT's time loop (default: $RNNLAB_ENGINE, else auto)")
     p.set_defaults(func=cmd_gradcheck)
 
 
@@ -63,7 +65,7 @@ def cmd_gradcheck(args) -> int:
     from rnnlab.gradcheck import report
 
     cells = ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
-    results = [report(cell, seed=args.seed) for cell in cells]
+    results = [report(cell, seed=args.seed, engine=args.engine) for cell in cells]
     return 0 if all(results) else 1
 
 
@@ -91,6 +93,9 @@ def _add_train(sub) -> None:
                    help="dropout on the embeddings and on s_T while training (default 0)")
     p.add_argument("--backward", choices=["autograd", "manual"], default=d.backward,
                    help="autograd, or manual (hand-written BPTT)")
+    p.add_argument("--engine", choices=["auto", "python", "compiled"], default=None,
+                   help="who runs the manual BPTT's time loop: compiled C++ (built once on first use), python, or "
+                        "auto: compiled where it builds (default: $RNNLAB_ENGINE, else auto)")
     p.add_argument("--optimizer", choices=["sgd", "adagrad", "adam"], default=d.optimizer,
                    help=f"optimiser (default {d.optimizer})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
@@ -129,7 +134,8 @@ def cmd_train(args) -> int:
 
     config = Config(cell=args.cell, hidden=args.hidden, embed_dim=args.embed_dim or None, phi=args.phi,
                     dropout=args.dropout,
-                    backward=args.backward, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                    backward=args.backward, engine=args.engine or os.environ.get("RNNLAB_ENGINE", "auto"),
+                    optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                     weight_decay=args.weight_decay, clip=args.clip or None, batch_size=args.batch_size,
                     epochs=args.epochs, patience=args.patience or None, lowercase=not args.no_lowercase,
                     min_freq=args.min_freq, max_vocab=args.max_vocab, val_frac=args.val_frac,

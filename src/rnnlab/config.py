@@ -22,6 +22,7 @@ class Config:
     embed_dim: int | None = 128  # D: word embedding size; None feeds one-hot words straight into U (the lab)
     dropout: float = 0.0  # training only: drop embedding entries and entries of s_T with this probability
     backward: str = "manual"  # "manual" (hand-written BPTT, the faster) or "autograd" (loss.backward through the loop)
+    engine: str = "auto"  # who runs the manual time loop: 'auto' (compiled where it builds), 'python' or 'compiled'
     # -- optimisation --
     optimizer: str = "adam"  # 'sgd', 'adagrad' or 'adam', all written by hand in optim.py
     lr: float = 2e-3  # learning rate
@@ -54,6 +55,7 @@ class Config:
             (self.cell in ("rnn", "lstm", "gru"), f"--cell {self.cell}: choose rnn, lstm or gru"),
             (self.phi in ("tanh", "relu"), f"--phi {self.phi}: choose tanh or relu"),
             (self.backward in ("autograd", "manual"), f"--backward {self.backward}: choose autograd or manual"),
+            (self.engine in ("auto", "python", "compiled"), f"--engine {self.engine}: choose auto, python or compiled"),
             (self.optimizer in ("sgd", "adagrad", "adam"), f"--optimizer {self.optimizer}: choose sgd, adagrad, adam"),
             (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden 2"),
             (self.epochs >= 1, f"--epochs {self.epochs}: train for at least one epoch, e.g. --epochs 300"),

@@ -34,7 +34,7 @@ class Classifier:
 
     def __init__(self, vocab_size: int, hidden_size: int, num_classes: int = 2, *, cell: str = "rnn",
                  phi: str = "tanh", embed_dim: int | None = None, backward: str = "autograd",
-                 seed: int | None = None, dtype=torch.float32, device=None):
+                 seed: int | None = None, dtype=torch.float32, device=None, engine: str | None = None):
         if vocab_size < 1 or hidden_size < 1 or num_classes < 2:
             raise ValueError("need vocab_size >= 1, hidden_size >= 1 and num_classes >= 2")
         g = torch.Generator(device=device or "cpu")
@@ -44,6 +44,7 @@ class Classifier:
             g.seed()
         self.vocab_size, self.hidden_size, self.num_classes = vocab_size, hidden_size, num_classes
         self.embed_dim, self.backward = embed_dim, backward
+        self.engine = engine  # who runs backward="manual"'s time loop (rnnlab.engine); None: RNNLAB_ENGINE or auto
         self.E = None
         if embed_dim:
             self.E = torch.randn(vocab_size, embed_dim, generator=g, dtype=dtype, device=device).requires_grad_()
@@ -93,7 +94,7 @@ class Classifier:
         x = ids if self.E is None else F.embedding(ids, self.E)  # one-hot(id) U == U[:, id];  or E[id]  (T, B, D)
         if dropout is not None and self.E is not None:
             x = _dropout(x, *dropout)
-        return unroll(self.cell, x, None, lengths, backward or self.backward, batch_first=False)
+        return unroll(self.cell, x, None, lengths, backward or self.backward, batch_first=False, engine=self.engine)
 
     def logits(self, s_T: torch.Tensor) -> torch.Tensor:
         """logits = W_out s_T + b_out   (B, C)"""

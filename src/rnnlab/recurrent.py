@@ -262,7 +262,9 @@ def compiled_bptt(cell: Cell, saved: dict, dh: torch.Tensor, dc: torch.Tensor | 
     dp is written over the saved gates (one backward per forward), as the Python loop does."""
     ops = engines.load()
     P, h = saved["P"], saved["h"]
-    if not reuse:
+    if reuse:  # C++ writes through pointers: tell autograd the saved gates change, so a second backward is refused
+        torch.autograd.graph.increment_version(P)
+    else:
         P = P.clone()
     W, m = W.detach(), _mask_bytes(mask)
     d_out = None if d_out is None else d_out.contiguous()
@@ -375,10 +377,10 @@ class Recurrent:
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, *, bias: bool = True,
                  batch_first: bool = False, phi: str = "tanh", backward: str = "autograd", generator=None,
-                 dtype=torch.float32, device=None):
+                 dtype=torch.float32, device=None, engine: str | None = None):
         self.cell = make_cell(cell, input_size, hidden_size, phi=phi, bias=bias, generator=generator,
                               dtype=dtype, device=device)
-        self.batch_first, self.backward = batch_first, backward
+        self.batch_first, self.backward, self.engine = batch_first, backward, engine
 
     def parameters(self) -> list[torch.Tensor]:
         return [p for p in self.cell.parameters() if p is not None]
@@ -392,7 +394,8 @@ class Recurrent:
             hx = (hx,) if isinstance(hx, torch.Tensor) else tuple(hx)
             state = tuple(h.reshape(1, -1) if unbatched else h.squeeze(0) for h in hx)  # (1, B, H) -> (B, H)
         batch_first = self.batch_first and not unbatched
-        out, state = unroll(self.cell, x, state, lengths, self.backward, batch_first=batch_first)  # out (T, B, H)
+        out, state = unroll(self.cell, x, state, lengths, self.backward, batch_first=batch_first,
+                            engine=self.engine)  # out (T, B, H)
         if unbatched:
             out, state = out[:, 0], tuple(s.reshape(1, -1) for s in state)
         else:
@@ -401,7 +404,7 @@ class Recurrent:
         return out, (state if self.cell.n_states == 2 else state[0])
 
     @classmethod
-    def from_torch(cls, module: torch.nn.Module, backward: str = "autograd") -> Recurrent:
+    def from_torch(cls, module: torch.nn.Module, backward: str = "autograd", engine: str | None = None) -> Recurrent:
         """An rnnlab layer with the weights of a single-layer unidirectional nn.RNN/LSTM/GRU."""
         kind = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}.get(type(module).__name__)
         if kind is None:
@@ -411,7 +414,7 @@ class Recurrent:
         phi = getattr(module, "nonlinearity", "tanh")
         w = module.weight_hh_l0
         layer = cls(kind, module.input_size, module.hidden_size, bias=module.bias, batch_first=module.batch_first,
-                    phi=phi, backward=backward, dtype=w.dtype, device=w.device)
+                    phi=phi, backward=backward, dtype=w.dtype, device=w.device, engine=engine)
         c, H = layer.cell, module.hidden_size
         with torch.no_grad():
             c.W.copy_(module.weight_hh_l0)
@@ -446,6 +449,6 @@ class Recurrent:
         return module
 
 
-def from_torch(module: torch.nn.Module, backward: str = "autograd") -> Recurrent:
+def from_torch(module: torch.nn.Module, backward: str = "autograd", engine: str | None = None) -> Recurrent:
     """`rnnlab.from_torch(nn.LSTM(...))`: see `Recurrent.from_torch`."""
-    return Recurrent.from_torch(module, backward=backward)
+    return Recurrent.from_torch(module, backward=backward, engine=engine)
