@@ -51,7 +51,7 @@ figures: $(VENV)/.installed
 	$(BIN)/python docs/make_figures.py
 
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/rnnlab bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

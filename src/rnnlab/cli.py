@@ -380,27 +380,18 @@ def cmd_memory(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="training throughput against torch.nn + torch.optim (benchmarks/bench_train.py)",
-                       description="Runs benchmarks/bench_train.py of a source checkout; arguments after `bench` "
-                                   "go to it (e.g. rnnlab bench --cells rnn --hidden 128 --json out.json).",
-                       add_help=False)
+    from rnnlab import bench
+
+    p = sub.add_parser("bench", help="training throughput against torch.nn + torch.optim, both engines",
+                       description=bench.__doc__.split("\n\n")[0].split(": ", 1)[1])
+    bench.add_arguments(p)
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    import importlib.util
-    from pathlib import Path
+    from rnnlab import bench
 
-    candidates = [Path.cwd() / "benchmarks" / "bench_train.py",
-                  Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"]
-    script = next((c for c in candidates if c.exists()), None)
-    if script is None:  # the benchmark uses torch.nn and torch.optim as baselines, so it is not in the package
-        raise UserError("benchmarks/bench_train.py not found; run `rnnlab bench` from a source checkout of rnnlab")
-    spec = importlib.util.spec_from_file_location("bench_train", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    module.main(args.bench_args)
+    bench.run(args)
     return 0
 
 
@@ -422,9 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
-    if args.command == "bench":
-        args.bench_args = rest  # everything after `bench` belongs to the benchmark's own parser
-    elif rest:
+    if rest:
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
