@@ -387,6 +387,26 @@ def print_table(rows: list[Row], file=None) -> None:
               file=file)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The README's speed table from stored rows (`--json`): per workload, each rnnlab path's ratio to torch.nn."""
+    lines = ["| workload | H | torch.nn tokens/s | compiled (manual) | python (manual) | autograd | best | "
+             "% of matmul limit (best) | peak MB: best / torch.nn |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((r["cell"], r["hidden"]) for r in rows))
+    for cell, H in keys:
+        mine = [r for r in rows if (r["cell"], r["hidden"]) == (cell, H)]
+        ratio = {(r["backward"], r["engine"]): f"{r['ratio']:.2f}" for r in mine if r["backward"] != "best"}
+        best = next(r for r in mine if r["backward"] == "best")
+        mem = "-"
+        if best["peak_mem_mb"] is not None and best["baseline_peak_mem_mb"] is not None:
+            mem = f"{best['peak_mem_mb']:.1f} / {best['baseline_peak_mem_mb']:.1f}"
+        order = (("manual", "compiled"), ("manual", "python"), ("autograd", "python"))
+        paths = " | ".join(ratio.get(k, "-") for k in order)
+        lines.append(f"| {cell} | {H} | {best['baseline_tokens_per_s']:,.0f} | {paths} | **{best['ratio']:.2f}** "
+                     f"({best['engine']}) | {best['pct_of_limit']:.0f}% | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--cells", nargs="+", default=["rnn", "lstm", "gru"], choices=["rnn", "lstm", "gru"],
                    help="cells to time (default: rnn lstm gru)")

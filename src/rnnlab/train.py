@@ -341,8 +341,10 @@ def _resume(out: Path, config: Config, vocab: Vocab, label_names, model, optimiz
         raise UserError("nothing to resume: no last.pt here; drop --resume to start a new run, or pass the "
                         "run's folder as --out", path=out / checkpoint.LAST)
     _, saved_config, saved_vocab, saved_labels, ckpt = checkpoint.load_model(out, checkpoint.LAST)
-    if saved_config.to_dict() != config.to_dict():
-        changed = sorted(k for k, v in config.to_dict().items() if saved_config.to_dict().get(k) != v)
+    # the engine only says who runs the same time loop (rnnlab.engine): a run may resume on another one
+    mine, saved = ({k: v for k, v in c.to_dict().items() if k != "engine"} for c in (config, saved_config))
+    if saved != mine:
+        changed = sorted(k for k, v in mine.items() if saved.get(k) != v)
         raise UserError(f"cannot resume with different settings ({', '.join(changed)}); use the run's "
                         f"config.json or start a new --out", path=out / checkpoint.LAST)
     if saved_vocab.to_list() != vocab.to_list() or saved_labels != label_names:
