@@ -155,3 +155,19 @@ def test_compiled_loop_built_under_ci():
     if os.environ.get("CI") != "true":
         pytest.skip("checked only under CI=true; elsewhere engine='auto' may fall back to Python")
     assert engines.available(), f"the compiled time loop did not build: {engines._state.get('error')}"
+
+
+def test_a_run_records_its_engine_and_resumes_on_another(compiled, tmp_path):
+    """config.json says which engine was asked for; resuming on the other one is allowed (same maths)."""
+    import json
+
+    from rnnlab.train import train
+    from tests.test_train import quiet, sentiment_tsv, tiny
+
+    data, out = sentiment_tsv(tmp_path), tmp_path / "run"
+    train(tiny(epochs=1, engine="python"), data, out, log=quiet, plots=False)
+    assert json.loads((out / "config.json").read_text())["engine"] == "python"
+    resumed = train(tiny(epochs=1, engine="compiled"), data, out, resume=True, log=quiet, plots=False)
+    assert len(resumed.history) == 1  # nothing left to train, but not refused
+    with pytest.raises(UserError, match="different settings"):  # a real change still is
+        train(tiny(epochs=1, engine="compiled", hidden=9), data, out, resume=True, log=quiet, plots=False)
