@@ -16,6 +16,10 @@ translation unit, no CUDA; vectorised for the CPU capability torch itself uses h
 AVX512) into ~/.cache/rnnlab/loop-<key> (RNNLAB_CACHE overrides ~/.cache/rnnlab), keyed by the
 source's hash, the torch and Python versions and that capability; later processes load it in
 milliseconds. `python -m rnnlab.engine` builds it ahead of time (`make` does).
+
+Left out: a CUDA kernel (the Python loop's ops already run on the GPU), threads over the batch inside a
+step (a per-step hand-off did not pay at these sizes), and on_step hooks (`rnnlab gradflow` reads the
+Python loop).
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def _build():
         return torch.ops.rnnlab_loop
     folder = cache_dir()
     library = folder / "rnnlab_loop.so"
-    if library.exists():
+    if library.exists() and not (folder / "lock").exists():  # built, and no other process is building it now
         torch.ops.load_library(str(library))
         return torch.ops.rnnlab_loop
     import logging
@@ -85,7 +89,7 @@ def _build():
     from torch.utils import cpp_extension
 
     folder.mkdir(parents=True, exist_ok=True)
-    print("rnnlab: compiling the time loop (once, ~40 s) into " + str(folder), file=sys.stderr, flush=True)
+    print("rnnlab: compiling the time loop (once, ~30 s) into " + str(folder), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     cap = _capability()
     flags = ["-O3", f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *_FLAGS.get(cap, [])]
