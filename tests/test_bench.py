@@ -88,3 +88,16 @@ def test_rnnlab_bench_runs_and_explains_itself(tmp_path):
         assert a.option_strings[0] in r.stdout
     r = run_cli("lab", "--no-such-flag")
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
+def test_readme_speed_table_is_the_stored_benchmark_output():
+    """README's table is `markdown_table` of docs/figures/bench.json, written by the command the README quotes."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    stored = json.loads((REPO / "docs" / "figures" / "bench.json").read_text())
+    start, end = "<!-- bench table: docs/figures/bench.json -->\n", "<!-- end bench table -->"
+    assert start in readme and end in readme
+    table = readme.split(start, 1)[1].split(end, 1)[0]
+    assert table == bench.markdown_table(stored), "rerun the command in README's Speed section and paste the table"
+    assert "`rnnlab bench --threads 1 --json docs/figures/bench.json`" in readme
+    assert {r["cell"] for r in stored} == {"rnn", "lstm", "gru", "lm-lstmx2"}
+    assert {r["engine"] for r in stored if r["backward"] == "manual"} == {"python", "compiled"}
