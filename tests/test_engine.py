@@ -171,3 +171,15 @@ def test_a_run_records_its_engine_and_resumes_on_another(compiled, tmp_path):
     assert len(resumed.history) == 1  # nothing left to train, but not refused
     with pytest.raises(UserError, match="different settings"):  # a real change still is
         train(tiny(epochs=1, engine="compiled", hidden=9), data, out, resume=True, log=quiet, plots=False)
+
+
+@pytest.mark.parametrize("kind,H", [("rnn", 256), ("lstm", 128), ("gru", 160)])
+def test_compiled_equals_python_float32_through_onednn(compiled, kind, H):
+    """Sizes where each step's product goes to oneDNN (rnnlab.gemm's rule: B H G H >= 2^22 multiply-adds),
+    with the weight reordered once for it."""
+    from rnnlab.gemm import _onednn_works
+    from rnnlab.recurrent import _onednn
+
+    assert _onednn(make_cell(kind, 8, H), 64) == _onednn_works()  # the size does reach oneDNN where it works
+    check_same(kind, tol=1e-5, T=3, B=64, E=8, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=5,
+               dtype=torch.float32)

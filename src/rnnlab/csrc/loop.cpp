@@ -33,7 +33,14 @@ using at::Tensor;
 struct Product {
   Tensor w, w_t;
   bool onednn;
-  Product(const Tensor& weight, bool use_onednn) : w(weight.contiguous()), w_t(w.t()), onednn(use_onednn) {}
+  Product(const Tensor& weight, bool use_onednn) : w(weight.contiguous()), w_t(w.t()), onednn(use_onednn) {
+    if (onednn) {  // reorder the weight once into oneDNN's blocked layout, instead of at every step's call
+      static auto reorder = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
+      std::vector<c10::IValue> stack{w, c10::IValue()};
+      reorder.callBoxed(&stack);
+      w = stack[0].toTensor();
+    }
+  }
   // out = x @ w^T (returns the tensor holding the result: `out`, or oneDNN's new one)
   Tensor mul(const Tensor& x, Tensor& out) const {
     if (onednn) {
