@@ -1,5 +1,9 @@
 """Unrolling a cell over time, with masks, and its hand-written backpropagation through time.
 
+To read the backward first, read a cell's `reference_backward` in `cells.py`: the whole BPTT of one
+cell in one plain loop over t. This file holds the fast version of it (backward="manual") and the
+unroll that both paths share.
+
 `unroll(cell, x, state, lengths, backward)` runs any cell of `cells.py` over a batch of sequences:
 
     p_t = U x_t + b                for all t at once: one matmul (dense x) or a column lookup (ids)
@@ -10,19 +14,24 @@ sequence's state at its true last step. Two backward paths give the same gradien
 
 - backward="autograd": the loop is made of differentiable torch ops; `loss.backward()` does the rest,
   exactly what the lab handout does.
-- backward="manual": the loop runs without autograd, writing into preallocated buffers what the
-  derivative needs; the backward is our BPTT, written out below (`_ManualBPTT.backward`) step by
-  step from the cells' `backward_t`. It is wrapped in a `torch.autograd.Function` only so that it plugs into the rest of
-  a model (embedding, output layer, loss) and can be checked with `torch.autograd.gradcheck`.
+- backward="manual": the loop runs without autograd (`manual_forward`), writing into preallocated
+  buffers what the derivative needs; the backward is our BPTT: the time loop is `bptt`, which calls
+  the cells' `backward_t` step by step, and `_ManualBPTT.backward` sets it up and turns its results
+  into weight gradients. `_ManualBPTT` is a `torch.autograd.Function` only so that it plugs into the
+  rest of a model (embedding, output layer, loss) and can be checked with `torch.autograd.gradcheck`.
 
 BPTT, for gradients ds_t arriving from the loss (through the outputs and the final state):
-    for t = T..1:   dp_t, dgh_t = cell.backward_t(ds_t)        (masked rows pass ds_t straight through)
-                    ds_{t-1} = dgh_t @ W + direct path           (the cell's own dependence on s_{t-1})
+    for t = T..1:   cell.backward_t(t - 1, ds_t, buf) writes dp_t and dgh_t into buf, and into
+                                                       buf.dh_prev ds_{t-1} = W^T dgh_t + (the cell's
+                                                       direct path from s_{t-1}, e.g. the GRU's z_t ds_t)
+                    (padded rows: backward_t sees a zero gradient, and ds_t passes to s_{t-1} unchanged;
+                    the code counts steps from 0: its step t maps s_t to s_{t+1})
     dW = sum_t dgh_t^T s_{t-1}     dU = sum_t dp_t^T x_t     db = sum_t dp_t       (one matmul each)
 
 The manual backward writes each dp_t over the local derivatives of step t as soon as it has read
-them, so it holds no more memory than torch.nn; the price is one backward per forward, unless the
-forward runs inside `retain_buffers()`.
+them, so it needs no (T, B, G*H) buffer of its own (the measured peak memory is at or below
+torch.nn's: README, Speed); the price is one backward per forward, unless the forward runs inside
+`retain_buffers()`.
 
 `Recurrent` wraps this in the calling convention of `torch.nn.RNN` / `LSTM` / `GRU`, and converts
 weights to and from those modules (`from_torch`, `.to_torch()`).
@@ -165,8 +174,8 @@ def manual_forward(cell: Cell, x: torch.Tensor, state: State | None = None,
     if cell.n_states == 2:
         buf.c[0] = state[1]
     for t in range(T):
-        cell.forward_t(t, buf)  # writes s_t into buf.h[t + 1] (and c_t into buf.c[t + 1])
-        if mask is not None:  # padded rows keep s_{t-1}
+        cell.forward_t(t, buf)  # writes s_{t+1} into buf.h[t + 1] (and c_{t+1} into buf.c[t + 1])
+        if mask is not None:  # padded rows keep s_t
             torch.where(mask[t], buf.h_t[t + 1], buf.h_t[t], out=buf.h_t[t + 1])
             if cell.n_states == 2:
                 torch.where(mask[t], buf.c_t[t + 1], buf.c_t[t], out=buf.c_t[t + 1])
@@ -186,17 +195,18 @@ def bptt(cell: Cell, buf: Buffers, dh: torch.Tensor, d_out: torch.Tensor | None 
         d_out = d_out * mask  # padded outputs are constants (zero)
     not_mask = None if mask is None else ~mask
     dc = buf.dc if cell.n_states == 2 else None
-    # invariant: entering step t, dh = dL/ds_t (and buf.dc = dL/dc_t); leaving it, dL/ds_{t-1} (and dc_{t-1})
+    # invariant: entering step t (0-based: it maps s_t to s_{t+1}), dh = dL/ds_{t+1} (and buf.dc = dL/dc_{t+1});
+    # leaving it, dL/ds_t (and dL/dc_t)
     for t in reversed(range(buf.h.shape[0] - 1)):
         if d_out is not None:
-            dh += d_out[t]  # s_t also feeds the output at step t
+            dh += d_out[t]  # s_{t+1} also feeds the output d_out[t] belongs to
         if on_step is not None:
             on_step(t + 1, dh, dc)
         if mask is None:
-            cell.backward_t(t, dh, buf)  # writes dp[t], dgh[t], ds_{t-1} (buf.dh_prev, buf.dc)
-            dh, buf.dh_prev = buf.dh_prev, dh  # swap: ds_{t-1} becomes the gradient to carry on
+            cell.backward_t(t, dh, buf)  # writes dp[t], dgh[t], and dL/ds_t (buf.dh_prev; buf.dc)
+            dh, buf.dh_prev = buf.dh_prev, dh  # swap: dL/ds_t becomes the gradient to carry on
             continue
-        # padded rows: s_t = s_{t-1}, so their gradient passes through unchanged
+        # padded rows: s_{t+1} = s_t, so their gradient passes through unchanged
         m, keep = mask[t], not_mask[t]
         dc_keep = dc * keep if dc is not None else None
         if dc_keep is not None:
