@@ -18,7 +18,20 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line (no usage dump) and exit 2, like our other errors."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}{_did_you_mean(message)}\n")
+
+
+def _did_you_mean(message: str) -> str:
+    """"; did you mean train?" after argparse's "invalid choice: 'trian' (choose from ...)", when one is close."""
+    import difflib
+    import re
+
+    found = re.match(r"argument .*: invalid choice: '(.*)' \(choose from (.*)\)", message)
+    if not found:
+        return ""
+    choices = re.findall(r"'([^']*)'", found.group(2))
+    close = difflib.get_close_matches(found.group(1), choices, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _add_lab(sub) -> None:
@@ -31,7 +44,7 @@ def _add_lab(sub) -> None:
     p.add_argument("--phi", choices=["tanh", "relu"], default="tanh", help="nonlinearity (default tanh)")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn", help="cell (default rnn, the handout's)")
     p.add_argument("--backward", choices=["autograd", "manual"], default="autograd",
-                   help="autograd (the handout's loss.backward) or manual (hand-written BPTT)")
+                   help="autograd (the handout's loss.backward, the default) or manual (hand-written BPTT)")
     p.add_argument("--sentence", action="append", metavar="TEXT",
                    help="a test sentence (repeatable; default: the handout's two)")
     p.add_argument("--out", default="runs/lab", help="run folder for the plot and logs (default runs/lab)")
@@ -86,11 +99,11 @@ def _add_train(sub) -> None:
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size H (default {d.hidden})")
     p.add_argument("--embed-dim", type=int, default=d.embed_dim,
                    help=f"embedding size; 0 feeds one-hot words to U (default {d.embed_dim})")
-    p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help="vanilla RNN nonlinearity")
+    p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help=f"vanilla RNN nonlinearity (default {d.phi})")
     p.add_argument("--dropout", type=float, default=d.dropout,
                    help="dropout on the embeddings and on s_T while training (default 0)")
     p.add_argument("--backward", choices=["autograd", "manual"], default=d.backward,
-                   help="autograd, or manual (hand-written BPTT)")
+                   help=f"autograd, or manual (hand-written BPTT) (default {d.backward})")
     p.add_argument("--optimizer", choices=["sgd", "adagrad", "adam"], default=d.optimizer,
                    help=f"optimiser (default {d.optimizer})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
@@ -102,7 +115,8 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"early-stopping patience in epochs; 0 never stops early (default {d.patience})")
-    p.add_argument("--min-freq", type=int, default=d.min_freq, help="minimum word count for the vocabulary")
+    p.add_argument("--min-freq", type=int, default=d.min_freq,
+                   help=f"words seen fewer times map to <unk> (default {d.min_freq})")
     p.add_argument("--max-vocab", type=int, default=d.max_vocab, help=f"vocabulary size cap (default {d.max_vocab})")
     p.add_argument("--no-lowercase", action="store_true", help="keep the case of words")
     p.add_argument("--no-bucket", action="store_true", help="do not batch sentences of similar length together")
@@ -164,7 +178,10 @@ def _column(value: str | None):
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy, per-class precision/recall/F1 and confusion on labelled data")
+    p = sub.add_parser("evaluate", help="accuracy, per-class precision/recall/F1 and confusion on labelled data",
+                       description="Score a trained model on labelled data (its labels must be among the model's "
+                                   "classes): accuracy, loss, per-class precision, recall and F1, the confusion "
+                                   "matrix, and the share of words the model never saw.")
     p.add_argument("--checkpoint", required=True, help="run folder or model.pt")
     p.add_argument("--data", required=True, nargs="+", help="labelled file(s) or folder")
     p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
@@ -181,6 +198,7 @@ def cmd_evaluate(args) -> int:
 
     m = evaluate(args.checkpoint, args.data, args.format, text_column=_column(args.text_column),
                  label_column=_column(args.label_column))
+    _warn_unknown(m["unknown_rate"])
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -198,7 +216,10 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="label new sentences (arguments, or one per line on stdin)")
+    p = sub.add_parser("predict", help="label new sentences (arguments, or one per line on stdin)",
+                       description="Label each sentence with a trained model: the class, its probabilities and "
+                                   "the words the model never saw. One output per argument or stdin line; a blank "
+                                   "line gets an error entry in its place.")
     p.add_argument("--checkpoint", required=True, help="run folder or model.pt")
     p.add_argument("texts", nargs="*", help="sentences; none reads lines from stdin")
     p.add_argument("--json", action="store_true", help="print one JSON object per sentence")
@@ -208,16 +229,35 @@ def _add_predict(sub) -> None:
 def cmd_predict(args) -> int:
     import json
 
+    from rnnlab.data import tokenize
     from rnnlab.train import predict
 
-    for r in predict(args.checkpoint, _sentences(args.texts)):
+    texts = _sentences(args.texts, keep_blank=True)
+    scored = iter(predict(args.checkpoint, [t for t in texts if t.strip()]))
+    results = [next(scored) if t.strip() else {"text": t, "error": "blank line: nothing to classify"} for t in texts]
+    words = sum(len(tokenize(r["text"])) for r in results if "error" not in r)
+    _warn_unknown(sum(len(r.get("unknown_words", ())) for r in results) / words)
+    for line, r in enumerate(results, start=1):
         if args.json:
             print(json.dumps(r))
-            continue
-        probs = "  ".join(f"p({k}) = {v:.4f}" for k, v in r["probabilities"].items())
-        unk = f"  unknown: {', '.join(r['unknown_words'])}" if r["unknown_words"] else ""
-        print(f"{r['label']}\t{probs}{unk}\t{r['text']}")
+        elif "error" in r:
+            print(f"-\terror: line {line}: {r['error']}\t{r['text']}")
+        else:
+            probs = "  ".join(f"p({k}) = {v:.4f}" for k, v in r["probabilities"].items())
+            unk = f"  unknown: {', '.join(r['unknown_words'])}" if r["unknown_words"] else ""
+            print(f"{r['label']}\t{probs}{unk}\t{r['text']}")
     return 0
+
+
+UNKNOWN_WARNING = 0.5  # above this share of unknown words, evaluate and predict warn that the input may not fit
+
+
+def _warn_unknown(rate: float) -> None:
+    """A loud line on stderr when most words are unknown to the model: the scores then mean little."""
+    if rate > UNKNOWN_WARNING:
+        print(f"rnnlab: warning: {100 * rate:.1f}% of the words are unknown to this model "
+              "(they all read as <unk>), so its answers mean little; check that the data and the checkpoint "
+              "belong together (language, lower-casing, format)", file=sys.stderr)
 
 
 def _texts(arguments: list[str]) -> list[str]:
@@ -232,16 +272,17 @@ def _texts(arguments: list[str]) -> list[str]:
     return arguments
 
 
-def _sentences(arguments: list[str]) -> list[str]:
-    """The sentences given as arguments, or else the lines of stdin; at least one."""
+def _sentences(arguments: list[str], keep_blank: bool = False) -> list[str]:
+    """The sentences given as arguments, or else the lines of stdin (blank ones too, with keep_blank);
+    at least one that is not blank."""
     texts = _texts(arguments) if arguments else _stdin_lines()
-    if not texts:
+    if not any(t.strip() for t in texts):
         raise UserError("no text on stdin; give sentences as arguments or one per line on stdin", path="<stdin>")
-    return texts
+    return texts if keep_blank else [t for t in texts if t.strip()]
 
 
 def _stdin_lines() -> list[str]:
-    """The non-blank lines of stdin, read as UTF-8 bytes whatever the locale says."""
+    """The lines of stdin, read as UTF-8 bytes whatever the locale says (a final newline ends the last line)."""
     data = sys.stdin.buffer.read()
     try:
         text = data.decode("utf-8")
@@ -250,7 +291,9 @@ def _stdin_lines() -> list[str]:
         raise UserError(f"not valid UTF-8 (byte 0x{data[e.start]:02x}); send UTF-8 text, e.g. through "
                         "`iconv -f cp1252 -t utf-8`", path="<stdin>", line=line) from None
     lines = text.removeprefix("\ufeff").split("\n")
-    return [line.removesuffix("\r") for line in lines if line.strip()]
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def _add_explain(sub) -> None:
@@ -294,7 +337,8 @@ def _add_gradflow(sub) -> None:
     p.add_argument("--hidden", type=int, default=64, help="hidden size H (default 64)")
     p.add_argument("--clip", type=float, default=1.0, help="clip the parameter gradient to this norm (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the random sentences (default 0)")
-    p.add_argument("--out", default="runs/gradflow", help="folder for gradflow.png and gradflow.json")
+    p.add_argument("--out", default="runs/gradflow",
+                   help="folder for gradflow.png and gradflow.json (default runs/gradflow)")
     p.set_defaults(func=cmd_gradflow)
 
 
@@ -399,7 +443,10 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rnnlab import __version__
+
     parser = _Parser(prog="rnnlab", description="Recurrent networks written from their equations.")
+    parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_lab(sub)
     _add_gradcheck(sub)

@@ -39,7 +39,7 @@ class Config:
     test_frac: float = 0.1  # fraction held out for the final test when no --test file is given
     bucket: bool = True  # batch sentences of similar length together (less padding, same maths)
     seed: int = 0  # seeds the weights, the split and the batch order
-    device: str = "cpu"  # 'cpu' or 'cuda'
+    device: str = "cpu"  # 'cpu', 'cuda', 'cuda:1' or 'mps': where the tensors live (see check_device)
 
     @classmethod
     def lab(cls, **overrides) -> Config:
@@ -55,9 +55,10 @@ class Config:
             (self.phi in ("tanh", "relu"), f"--phi {self.phi}: choose tanh or relu"),
             (self.backward in ("autograd", "manual"), f"--backward {self.backward}: choose autograd or manual"),
             (self.optimizer in ("sgd", "adagrad", "adam"), f"--optimizer {self.optimizer}: choose sgd, adagrad, adam"),
-            (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden 2"),
-            (self.epochs >= 1, f"--epochs {self.epochs}: train for at least one epoch, e.g. --epochs 300"),
-            (self.lr > 0, f"--lr {self.lr}: the learning rate must be positive, e.g. --lr 0.1"),
+            (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden "
+                               f"{Config.hidden}"),
+            (self.epochs >= 1, f"--epochs {self.epochs}: train for at least one epoch, e.g. --epochs {Config.epochs}"),
+            (self.lr > 0, f"--lr {self.lr}: the learning rate must be positive, e.g. --lr {Config.lr:g}"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: use at least 1"),
             (self.embed_dim is None or self.embed_dim >= 1, f"--embed-dim {self.embed_dim}: use a positive size"),
             (self.clip is None or self.clip > 0, f"--clip {self.clip}: use a positive norm, or leave it out"),
@@ -70,6 +71,7 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        check_device(self.device)
         return self
 
     def to_dict(self) -> dict:
@@ -82,3 +84,28 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def check_device(device: str) -> str:
+    """`device` if this torch can compute there, else a UserError naming the devices it has and the fix.
+
+    Checked before any work is done: torch itself only fails at the first tensor, with a traceback
+    about a missing CUDA library."""
+    import torch
+
+    have = ["cpu"]
+    if torch.cuda.is_available():
+        have += ["cuda"] + [f"cuda:{k}" for k in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        have.append("mps")
+    build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+    fix = f"this torch {torch.__version__} ({build}) can use {', '.join(have)}; pass --device cpu"
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device}: not a device name; {fix}") from None
+    if kind.type == "cpu" or (kind.type == "cuda" and kind.index is None and "cuda" in have):
+        return device
+    if str(kind) not in have:
+        raise UserError(f"--device {device}: not available here; {fix}")
+    return device
