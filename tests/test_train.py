@@ -8,8 +8,8 @@ What they pin down, in the order of the file:
 - "it learns": a GRU solves a word-order task on which a bag-of-words model is provably at chance;
 - every kind of bad input through the CLI: exit 2, one line on stderr naming the file, no traceback.
 
-Models are tiny (H 8, D 8, a few epochs) and run on one thread; the CLI runs, which pay ~2 s each for
-importing torch, are started together where several are needed (and marked slow).
+Models are tiny (H 8, D 8, a few epochs) and run on one thread (see tests/conftest.py); the CLI runs, which pay ~2 s
+each for importing torch, are started together where several are needed (and marked slow).
 """
 
 from __future__ import annotations
@@ -111,18 +111,6 @@ def run_clis(*calls: tuple[list[str], str | bytes | None]) -> list[subprocess.Co
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(one, calls))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here and in the `rnnlab` subprocesses. The models are tiny, and on a busy two-core
-    machine torch's second thread mostly spins waiting: with it this file ran up to 15 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # run_cli passes the environment on
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
