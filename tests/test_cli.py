@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from rnnlab import rundir
 from rnnlab.cli import build_parser, main
 from rnnlab.config import Config, check_device
 from rnnlab.errors import UserError
@@ -123,3 +125,51 @@ def test_a_header_only_file_says_it_has_no_data_rows(tmp_path, capsys):
     assert main(["train", "--data", str(header), "--out", str(tmp_path / "run")]) == 2
     line = one_error_line(capsys, "train")
     assert "header.tsv:1:" in line and "no data rows" in line
+
+
+# -- output folders: nothing the user had is overwritten, code never written into -----------------------
+def test_out_refuses_source_folders_even_with_force(tmp_path, capsys):
+    import rnnlab
+
+    package = Path(rnnlab.__file__).resolve().parent
+    code = tmp_path / "mycode"
+    code.mkdir()
+    (code / "model.py").write_text("x = 1\n")
+    for folder in [package, package.parent, code]:
+        for force in ([], ["--force"]):
+            assert main(["gradflow", "--length", "2", "--hidden", "1", "--out", str(folder), *force]) == 2
+            assert "source folder" in one_error_line(capsys, "gradflow")
+    assert (code / "model.py").read_text() == "x = 1\n" and sorted(p.name for p in code.iterdir()) == ["model.py"]
+
+
+def test_out_refuses_other_files_unless_forced_and_reuses_its_own_runs(tmp_path, capsys):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    assert rundir.made_by(mine) is None
+    with pytest.raises(UserError, match="holds files that are not an rnnlab run; pass a new or empty --out, or "
+                                        "--force"):
+        rundir.prepare(mine, "gradflow")
+    assert rundir.prepare(mine, "gradflow", force=True) == mine and (mine / "thesis.txt").exists()
+
+    run = rundir.prepare(tmp_path / "a" / "b", "memory")  # made with its parents, and marked
+    assert run.is_dir() and rundir.made_by(run) == "memory"
+    (run / "memory.json").write_text("{}")
+    assert rundir.prepare(run, "memory") == run  # the same command may replace its own results
+    with pytest.raises(UserError, match="holds a `rnnlab memory` run"):
+        rundir.prepare(run, "gradflow")
+    old = tmp_path / "old-train-run"  # made before the marker existed: recognised by its files
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    assert rundir.made_by(old) == "train"
+    assert rundir.prepare(old, "train", create=False) == old and not (old / rundir.MARKER).exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="this is a file, not a folder"):
+        rundir.prepare(tmp_path / "file", "lab")
+
+
+def test_train_into_a_foreign_folder_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["train", "--data", str(sentiment_tsv(tmp_path)), "--out", str(tmp_path)]) == 2
+    assert "not an rnnlab run" in one_error_line(capsys, "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "reviews.tsv"]

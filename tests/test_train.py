@@ -260,8 +260,10 @@ def test_cli_evaluate_and_predict(run, tmp_path):
     assert lines[1]["unknown_words"] == ["zorblax"]
     for d in lines:
         assert sum(d["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
-    rows = from_stdin.stdout.splitlines()  # label, probabilities, text; the blank line is skipped
-    assert [row.split("\t")[2] for row in rows] == ["a great film", "a bad film"]
+    rows = from_stdin.stdout.splitlines()  # label, probabilities, text; the blank line keeps its place
+    assert [row.split("\t")[2] for row in rows] == ["a great film", "", "a bad film"]
+    assert rows[1].startswith("-\terror: line 2: blank line")
+    rows = [rows[0], rows[2]]
     assert all(row.split("\t")[0] in ("neg", "pos") and "p(neg) = " in row and "p(pos) = " in row for row in rows)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from rnnlab.errors import UserError
 
@@ -49,6 +50,7 @@ def _add_lab(sub) -> None:
                    help="a test sentence (repeatable; default: the handout's two)")
     p.add_argument("--out", default="runs/lab", help="run folder for the plot and logs (default runs/lab)")
     p.add_argument("--show", action="store_true", help="also open the plot in a window")
+    _add_force(p)
     p.set_defaults(func=cmd_lab)
 
 
@@ -59,7 +61,7 @@ def cmd_lab(args) -> int:
     config = Config.lab(epochs=args.epochs, lr=args.lr, hidden=args.hidden, seed=args.seed, phi=args.phi,
                         cell=args.cell, backward=args.backward).validate()
     sentences = [s.split() for s in _texts(args.sentence)] if args.sentence else None
-    run_lab(config, _out_dir(args.out), test_sentences=sentences, show=args.show)
+    run_lab(config, _out_dir(args.out, args), test_sentences=sentences, show=args.show)
     return 0
 
 
@@ -131,6 +133,7 @@ def _add_train(sub) -> None:
                    help="under torchrun: the torch.distributed backend (default auto: nccl for cuda, else gloo)")
     p.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="under torchrun: give up when another process has not answered for this long (default 300)")
+    _add_force(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -148,7 +151,7 @@ def cmd_train(args) -> int:
                     epochs=args.epochs, patience=args.patience or None, lowercase=not args.no_lowercase,
                     min_freq=args.min_freq, max_vocab=args.max_vocab, val_frac=args.val_frac,
                     test_frac=args.test_frac, bucket=not args.no_bucket, seed=args.seed, device=args.device)
-    out = args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = _out_dir(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}", args, create=False)
     backend = None if args.dist_backend == "auto" else args.dist_backend
     with distributed.launch(config.validate(), backend, args.dist_timeout) as team:  # Alone without torchrun
         train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
@@ -157,19 +160,17 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _out_dir(path: str):
-    """The output folder, created now (with its parents), so that a path that cannot be a folder is an error
-    before any work is done."""
-    from pathlib import Path
+def _out_dir(path: str, args, create: bool = True) -> Path:
+    """The output folder of this command, checked and created now (see rundir.prepare): a folder with other
+    files in it is refused unless --force, a source folder always."""
+    from rnnlab.rundir import prepare
 
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError("this is a file, not a folder; pass a folder to --out", path=out) from None
-    except (NotADirectoryError, PermissionError) as e:
-        raise UserError(f"cannot make this folder ({e.strerror}); pass another --out", path=out) from None
-    return out
+    return prepare(path, args.command, force=args.force, create=create)
+
+
+def _add_force(p) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that holds something other than this command's run")
 
 
 def _column(value: str | None):
@@ -307,6 +308,7 @@ def _add_explain(sub) -> None:
     p.add_argument("texts", nargs="*", help="sentences (default with --lab: the handout's two test sentences)")
     p.add_argument("--out", help="also write explain.json and trajectory.png (the states' paths) to this folder")
     p.add_argument("--json", action="store_true", help="print the traces as JSON")
+    _add_force(p)
     p.set_defaults(func=cmd_explain)
 
 
@@ -324,7 +326,7 @@ def cmd_explain(args) -> int:
     else:
         pca = explain.shared_pca(traces)  # one set of axes for all the sentences given
         print("\n\n".join(explain.format_trace(tr, pca) for tr in traces))
-    for f in explain.write(model, traces, _out_dir(args.out)) if args.out else []:
+    for f in explain.write(model, traces, _out_dir(args.out, args)) if args.out else []:
         print(f"wrote {f}")
     return 0
 
@@ -339,6 +341,7 @@ def _add_gradflow(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the random sentences (default 0)")
     p.add_argument("--out", default="runs/gradflow",
                    help="folder for gradflow.png and gradflow.json (default runs/gradflow)")
+    _add_force(p)
     p.set_defaults(func=cmd_gradflow)
 
 
@@ -354,7 +357,7 @@ def cmd_gradflow(args) -> int:
     if gb > 4:
         raise UserError(f"--hidden {args.hidden} with --length {args.length} needs about {gb:.0f} GB (the Jacobians "
                         "take H copies of each sequence); lower --hidden or --length")
-    out = _out_dir(args.out)
+    out = _out_dir(args.out, args)
     flows = gradflow.run(length=args.length, hidden=args.hidden, clip=args.clip, seed=args.seed)
     print(gradflow.format_table(flows, args.clip))
     for f in gradflow.write(flows, out, length=args.length, hidden=args.hidden, clip=args.clip, seed=args.seed):
@@ -369,13 +372,14 @@ def _add_report(sub) -> None:
     p.add_argument("run_dir", help="run folder written by `rnnlab train`")
     p.add_argument("--sentence", action="append", metavar="TEXT", help="also explain this sentence (repeatable)")
     p.add_argument("--out", help="folder for report.html and trajectory.png (default: the run folder)")
+    _add_force(p)
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
     from rnnlab.report import write_report
 
-    for f in write_report(args.run_dir, _texts(args.sentence or []), _out_dir(args.out) if args.out else None):
+    for f in write_report(args.run_dir, _texts(args.sentence or []), _out_dir(args.out, args) if args.out else None):
         print(f"wrote {f}")
     return 0
 
@@ -397,6 +401,7 @@ def _add_memory(sub) -> None:
     p.add_argument("--seed", type=int, help="seed for the weights and the data (default 0)")
     p.add_argument("--seeds", type=int, help="repeat with this many seeds from --seed on; report the mean (default 1)")
     p.add_argument("--out", default="runs/memory", help="folder for memory.png and memory.json (default runs/memory)")
+    _add_force(p)
     p.set_defaults(func=cmd_memory)
 
 
@@ -407,7 +412,7 @@ def cmd_memory(args) -> int:
              "optimizer": args.optimizer, "lr": args.lr}
     config = memory.MemoryConfig(**{k: v for k, v in given.items() if v is not None}).validate()
     cells, distances = memory.check_sweep(args.cells or memory.CELLS, args.distances or memory.DISTANCES)
-    out = _out_dir(args.out)  # before the sweep: its minutes are not lost to a bad --out
+    out = _out_dir(args.out, args)  # before the sweep: its minutes are not lost to a bad --out
     rows = memory.sweep(cells, distances, config)
     seeds = "" if config.seeds == 1 else f", mean of {config.seeds} seeds"
     print(f"test accuracy (chance {1 / config.num_classes:.3f}{seeds}):")
