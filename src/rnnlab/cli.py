@@ -177,7 +177,7 @@ def _add_evaluate(sub) -> None:
 def cmd_evaluate(args) -> int:
     import json
 
-    from rnnlab.train import evaluate
+    from rnnlab.evaluate import evaluate
 
     m = evaluate(args.checkpoint, args.data, args.format, text_column=_column(args.text_column),
                  label_column=_column(args.label_column))
@@ -208,7 +208,7 @@ def _add_predict(sub) -> None:
 def cmd_predict(args) -> int:
     import json
 
-    from rnnlab.train import predict
+    from rnnlab.evaluate import predict
 
     for r in predict(args.checkpoint, _sentences(args.texts)):
         if args.json:
