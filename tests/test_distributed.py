@@ -32,7 +32,8 @@ from rnnlab import checkpoint, distributed
 from rnnlab.cli import main
 from rnnlab.config import Config
 from rnnlab.errors import UserError
-from rnnlab.train import predict, train
+from rnnlab.evaluate import predict
+from rnnlab.train import train
 from tests.conftest import REPO
 from tests.test_train import NEGATIVE, POSITIVE, quiet, weights, write_tsv
 

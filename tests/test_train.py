@@ -36,8 +36,9 @@ from rnnlab.cli import main
 from rnnlab.config import Config
 from rnnlab.data import Vocab, tokenize
 from rnnlab.errors import UserError
+from rnnlab.evaluate import confusion_matrix, evaluate, metrics, predict
 from rnnlab.optim import Adam
-from rnnlab.train import confusion_matrix, evaluate, metrics, predict, train
+from rnnlab.train import train
 from tests.conftest import REPO, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

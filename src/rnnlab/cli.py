@@ -195,7 +195,7 @@ def _add_evaluate(sub) -> None:
 def cmd_evaluate(args) -> int:
     import json
 
-    from rnnlab.train import evaluate
+    from rnnlab.evaluate import evaluate
 
     m = evaluate(args.checkpoint, args.data, args.format, text_column=_column(args.text_column),
                  label_column=_column(args.label_column))
@@ -231,7 +231,7 @@ def cmd_predict(args) -> int:
     import json
 
     from rnnlab.data import tokenize
-    from rnnlab.train import predict
+    from rnnlab.evaluate import predict
 
     texts = _sentences(args.texts, keep_blank=True)
     scored = iter(predict(args.checkpoint, [t for t in texts if t.strip()]))
