@@ -173,3 +173,57 @@ def test_train_into_a_foreign_folder_is_refused_before_any_work(tmp_path, capsys
     assert main(["train", "--data", str(sentiment_tsv(tmp_path)), "--out", str(tmp_path)]) == 2
     assert "not an rnnlab run" in one_error_line(capsys, "train")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "reviews.tsv"]
+
+
+# -- --resume reads the run's settings ---------------------------------------------------------------------
+def test_resume_reads_the_run_settings_and_epochs_may_grow(tmp_path, capsys):
+    """A run made with non-default flags resumes with none of them retyped, and --epochs extends it: the
+    result equals a run trained for the longer budget from the start (the batches of an epoch depend on
+    (seed, epoch) only)."""
+    data = str(sentiment_tsv(tmp_path))
+    flags = ["--cell", "lstm", "--hidden", "6", "--embed-dim", "5", "--lr", "0.05", "--batch-size", "8",
+             "--patience", "0", "--seed", "4", "--no-plots"]
+    assert main(["train", "--data", data, "--out", str(tmp_path / "a"), "--epochs", "1", *flags]) == 0
+    assert main(["train", "--data", data, "--out", str(tmp_path / "a"), "--resume", "--epochs", "2"]) == 0
+    assert main(["train", "--data", data, "--out", str(tmp_path / "b"), "--epochs", "2", *flags]) == 0
+    capsys.readouterr()
+    a, b = (json.loads((tmp_path / name / "config.json").read_text()) for name in "ab")
+    assert a == b and a["cell"] == "lstm" and a["epochs"] == 2
+    wa, wb = (torch.load(tmp_path / name / "last.pt", weights_only=True)["weights"] for name in "ab")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert main(["train", "--data", data, "--out", str(tmp_path / "a"), "--resume", "--lr", "0.1"]) == 2
+    assert "cannot resume with different settings (lr)" in one_error_line(capsys, "train")
+
+
+def test_abbreviated_flags_are_not_guessed(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "x", "--epoch", "3"])
+    assert "unrecognized arguments: --epoch 3" in capsys.readouterr().err
+
+
+def test_the_encoding_hint_names_a_flag_that_works(run, tmp_path, capsys):
+    latin1 = tmp_path / "latin1.tsv"
+    latin1.write_bytes("café noir\tpos\nbad film\tneg\n".encode("latin-1"))
+    for command in (["evaluate", "--checkpoint", str(run.out_dir)], ["train", "--out", str(tmp_path / "r")]):
+        assert main([*command, "--data", str(latin1)]) == 2
+        line = one_error_line(capsys, command[0])
+        assert "latin1.tsv:1:" in line and "pass --encoding cp1252" in line
+    assert main(["evaluate", "--checkpoint", str(run.out_dir), "--data", str(latin1), "--encoding", "cp1252",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 2
+
+
+def test_a_run_stopped_before_its_first_validation_is_read_from_last_pt(run, tmp_path, capsys):
+    import shutil
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run.out_dir, stopped)
+    (stopped / "model.pt").unlink()
+    assert main(["predict", "--checkpoint", str(stopped), "--json", "a great film"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["text"] == "a great film"
+    assert err.splitlines() == [f"rnnlab: {stopped} has no model.pt yet (the run stopped before its first "
+                                "validation); using last.pt"]
+    (stopped / "last.pt").unlink()
+    assert main(["predict", "--checkpoint", str(stopped), "a great film"]) == 2
+    assert "no checkpoint here" in one_error_line(capsys, "predict")

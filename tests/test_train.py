@@ -638,7 +638,8 @@ def test_more_bad_input_through_main(run, tmp_path, capsys, monkeypatch, case):
                                "argument 1", "is not valid UTF-8"),
         "no sentence on stdin": (["predict", "--checkpoint", str(run.out_dir)], "<stdin>", "no text on stdin"),
         "resume with other settings": (["train", "--data", str(run.out_dir.parent / "reviews.tsv"), "--out",
-                                        str(run.out_dir), "--resume"], "last.pt", "cannot resume with different"),
+                                        str(run.out_dir), "--resume", "--hidden", "9"], "last.pt",
+                                       "cannot resume with different settings (hidden)"),
     }[case]
     assert main(args) == 2
     err = capsys.readouterr().err.splitlines()

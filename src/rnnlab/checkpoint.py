@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -59,9 +60,16 @@ def make(model: Classifier, config: Config, vocab: Vocab, label_names: list[str]
 
 
 def resolve(path: str | Path, name: str = BEST) -> Path:
-    """A run folder means its `model.pt` (or `last.pt` when asked); a file means itself."""
+    """A run folder means its `model.pt` (or `last.pt` when asked); a file means itself.
+
+    A run stopped before its first validation (Ctrl-C in epoch 1) has only `last.pt`: it is used, with a
+    one-line notice on stderr, rather than "no checkpoint here"."""
     path = Path(path)
     if path.is_dir():
+        if name == BEST and not (path / BEST).exists() and (path / LAST).is_file():
+            print(f"rnnlab: {path} has no {BEST} yet (the run stopped before its first validation); using {LAST}",
+                  file=sys.stderr)
+            name = LAST
         path = path / name
     if not path.exists():
         raise UserError("no checkpoint here; pass a run folder made by `rnnlab train` or its model.pt", path=path)

@@ -18,6 +18,10 @@ from rnnlab.errors import UserError
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line (no usage dump) and exit 2, like our other errors."""
 
+    def __init__(self, *a, **kw):
+        kw.setdefault("allow_abbrev", False)  # --epoch is not --epochs: what was typed is what is read
+        super().__init__(*a, **kw)
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}{_did_you_mean(message)}\n")
 
@@ -95,6 +99,7 @@ def _add_train(sub) -> None:
     p.add_argument("--test", nargs="+", help="test file(s) (default: split from --data)")
     p.add_argument("--text-column", help="text column: index or header name (default: first)")
     p.add_argument("--label-column", help="label column: index or header name (default: last)")
+    _add_encoding(p)
     p.add_argument("--out", help="run folder (default runs/<cell>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell, help=f"cell (default {d.cell})")
@@ -152,12 +157,45 @@ def cmd_train(args) -> int:
                     min_freq=args.min_freq, max_vocab=args.max_vocab, val_frac=args.val_frac,
                     test_frac=args.test_frac, bucket=not args.no_bucket, seed=args.seed, device=args.device)
     out = _out_dir(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}", args, create=False)
+    if args.resume:  # the run's own settings, but for the flags given now
+        config = _resumed_config(out, config, _given(args))
     backend = None if args.dist_backend == "auto" else args.dist_backend
     with distributed.launch(config.validate(), backend, args.dist_timeout) as team:  # Alone without torchrun
         train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
-              text_column=_column(args.text_column), label_column=_column(args.label_column), resume=args.resume,
+              text_column=_column(args.text_column), label_column=_column(args.label_column), encoding=args.encoding,
+              resume=args.resume,
               plots=not args.no_plots, report=args.report, team=team)
     return 0
+
+
+def _given(args) -> set[str]:
+    """The destinations of the options typed on this command line (not left at their defaults)."""
+    sub = build_parser()._subparsers._group_actions[0].choices[args.command]
+    typed = {token.split("=", 1)[0] for token in args.argv if token.startswith("-")}
+    return {a.dest for a in sub._actions if typed & set(a.option_strings)}
+
+
+def _resumed_config(out: Path, config, given: set[str]):
+    """`--resume`: the settings of the run's config.json, overridden by the flags given explicitly
+    (`--epochs 20` extends a finished run; a flag that changes the maths is refused when the checkpoint is
+    read). Flags that are not Config fields are mapped to theirs (--no-lowercase -> lowercase)."""
+    import dataclasses
+    import json
+
+    from rnnlab.config import Config
+
+    saved = out / "config.json"
+    if not saved.is_file():
+        return config  # train() says there is nothing to resume
+    try:
+        settings = json.loads(saved.read_text(encoding="utf-8"))
+        assert isinstance(settings, dict)
+    except (ValueError, AssertionError, UnicodeDecodeError):
+        raise UserError("not a valid config.json; restore it from the run's checkpoint or start a new --out",
+                        path=saved) from None
+    fields = {f.name for f in dataclasses.fields(Config)}
+    given = {name.removeprefix("no_") for name in given} & fields
+    return Config.from_dict({**settings, **{name: getattr(config, name) for name in given}})
 
 
 def _out_dir(path: str, args, create: bool = True) -> Path:
@@ -166,6 +204,11 @@ def _out_dir(path: str, args, create: bool = True) -> Path:
     from rnnlab.rundir import prepare
 
     return prepare(path, args.command, force=args.force, create=create)
+
+
+def _add_encoding(p) -> None:
+    p.add_argument("--encoding", help="the data files' text encoding, e.g. cp1252 or latin-1 (default utf-8; "
+                                      "cp1252 for rt-polarity)")
 
 
 def _add_force(p) -> None:
@@ -186,8 +229,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder or model.pt")
     p.add_argument("--data", required=True, nargs="+", help="labelled file(s) or folder")
     p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
-    p.add_argument("--text-column", help="text column: index or header name")
-    p.add_argument("--label-column", help="label column: index or header name")
+    p.add_argument("--text-column", help="text column: index or header name (default: first)")
+    p.add_argument("--label-column", help="label column: index or header name (default: last)")
+    _add_encoding(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -198,7 +242,7 @@ def cmd_evaluate(args) -> int:
     from rnnlab.evaluate import evaluate
 
     m = evaluate(args.checkpoint, args.data, args.format, text_column=_column(args.text_column),
-                 label_column=_column(args.label_column))
+                 label_column=_column(args.label_column), encoding=args.encoding)
     _warn_unknown(m["unknown_rate"])
     if args.json:
         print(json.dumps(m, indent=2))
@@ -467,7 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = build_parser().parse_known_args(argv)
+    args.argv = argv  # which flags were typed: --resume keeps the run's settings for the others
     if args.command == "bench":
         args.bench_args = rest  # everything after `bench` belongs to the benchmark's own parser
     elif rest:

@@ -73,10 +73,12 @@ def evaluate_dataset(model: Classifier, ds: Dataset, vocab: Vocab, lowercase: bo
 
 
 # -- evaluate and predict -----------------------------------------------------------------------------
-def evaluate(checkpoint_path, data, fmt: str | None = None, *, text_column=None, label_column=None) -> dict:
+def evaluate(checkpoint_path, data, fmt: str | None = None, *, text_column=None, label_column=None,
+             encoding: str | None = None) -> dict:
     """Metrics of a trained model on a labelled file; labels must be among the model's classes."""
     model, config, vocab, label_names, _ = checkpoint.load_model(checkpoint_path)
-    ds = load_dataset(data, fmt, text_column=text_column, label_column=label_column, label_names=label_names)
+    ds = load_dataset(data, fmt, text_column=text_column, label_column=label_column, label_names=label_names,
+                      encoding=encoding)
     return evaluate_dataset(model, ds, vocab, config.lowercase, label_names)
 
 
