@@ -227,3 +227,13 @@ def test_a_run_stopped_before_its_first_validation_is_read_from_last_pt(run, tmp
     (stopped / "last.pt").unlink()
     assert main(["predict", "--checkpoint", str(stopped), "a great film"]) == 2
     assert "no checkpoint here" in one_error_line(capsys, "predict")
+
+
+def test_scoring_draws_a_progress_bar_only_when_asked(run, capsys):
+    from rnnlab.evaluate import predict_ids
+
+    ids = [[1, 2, 3]] * 600  # three batches of 256
+    quiet_probs = predict_ids(run.model, ids, progress=False)
+    assert capsys.readouterr().err == ""
+    assert torch.equal(predict_ids(run.model, ids, progress=True), quiet_probs)
+    assert "scoring" in capsys.readouterr().err  # tqdm writes to stderr, where train's bar goes too
