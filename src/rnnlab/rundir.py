@@ -11,7 +11,7 @@ folder from here before any work is done:
 - a source tree is refused always, `--force` or not: the rnnlab package itself, the folder holding it,
   or a folder with a `pyproject.toml`, `setup.py`, `__init__.py` or other `.py` files in it.
 
-Runs written before the marker existed are recognised by the file each command always writes.
+Runs written before the marker existed are recognised by the files each command writes.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from pathlib import Path
 from rnnlab.errors import UserError
 
 MARKER = ".rnnlab"  # holds the name of the command that made the folder
-# the file each command always writes, for folders made before the marker (lab before train: both write config.json)
-SIGNATURES = {"lab": "loss_curve.png", "train": "config.json", "explain": "explain.json", "gradflow": "gradflow.json",
-              "memory": "memory.json", "report": "report.html"}
+# the files each command writes, for folders made before the marker (lab before train: both write config.json)
+SIGNATURES = {"lab": ("loss_curve.png",), "train": ("config.json", "model.pt", "last.pt"),
+              "explain": ("explain.json",), "gradflow": ("gradflow.json",), "memory": ("memory.json",),
+              "report": ("report.html",)}
 SOURCE_FILES = ("pyproject.toml", "setup.py", "setup.cfg", "__init__.py")
 
 
@@ -32,7 +33,8 @@ def made_by(folder: Path) -> str | None:
     marker = folder / MARKER
     if marker.is_file():
         return marker.read_text(encoding="utf-8", errors="replace").strip() or None
-    return next((command for command, name in SIGNATURES.items() if (folder / name).is_file()), None)
+    return next((command for command, names in SIGNATURES.items() if any((folder / n).is_file() for n in names)),
+                None)
 
 
 def _is_source_tree(folder: Path) -> bool:
