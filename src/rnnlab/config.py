@@ -18,9 +18,10 @@ class Config:
     # -- model --
     cell: str = "gru"  # recurrent cell: 'rnn' (vanilla, the handout's), 'lstm' or 'gru'
     hidden: int = 128  # H: size of the hidden state s_t
+    layers: int = 1  # stacked recurrent layers (torch.nn's num_layers)
     phi: str = "tanh"  # nonlinearity of the vanilla RNN: 'tanh' or 'relu'
     embed_dim: int | None = 128  # D: word embedding size; None feeds one-hot words straight into U (the lab)
-    dropout: float = 0.0  # training only: drop embedding entries and entries of s_T with this probability
+    dropout: float = 0.0  # training only: drop embedding entries, layer outputs and s_T entries with this probability
     backward: str = "manual"  # "manual" (hand-written BPTT, the faster) or "autograd" (loss.backward through the loop)
     # -- optimisation --
     optimizer: str = "adam"  # 'sgd', 'adagrad' or 'adam', all written by hand in optim.py
@@ -56,6 +57,7 @@ class Config:
             (self.backward in ("autograd", "manual"), f"--backward {self.backward}: choose autograd or manual"),
             (self.optimizer in ("sgd", "adagrad", "adam"), f"--optimizer {self.optimizer}: choose sgd, adagrad, adam"),
             (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden 2"),
+            (self.layers >= 1, f"--layers {self.layers}: stack at least one layer, e.g. --layers 2"),
             (self.epochs >= 1, f"--epochs {self.epochs}: train for at least one epoch, e.g. --epochs 300"),
             (self.lr > 0, f"--lr {self.lr}: the learning rate must be positive, e.g. --lr 0.1"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: use at least 1"),

@@ -160,7 +160,8 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
 
     # model and optimiser
     model = Classifier(len(vocab), config.hidden, len(label_names), cell=config.cell, phi=config.phi,
-                       embed_dim=config.embed_dim, backward=config.backward, seed=config.seed, device=config.device)
+                       embed_dim=config.embed_dim, layers=config.layers, backward=config.backward, seed=config.seed,
+                       device=config.device)
     params = model.parameters()
     optimizer = make_optimizer(config.optimizer, params, config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
