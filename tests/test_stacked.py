@@ -10,7 +10,7 @@ What they pin down:
 - the classifier with layers = 2: equal to embedding -> torch.nn.GRU(num_layers=2) -> linear, its
   parameter names (layer 0's keep the one-layer names), dropout off at evaluation; one tiny epoch of
   `train` whose checkpoint reloads to the same predictions; a checkpoint without `layers` loads as one
-  layer; `--layers` on the command line; explain shows the top layer; gradflow refuses a stack.
+  layer; `--layers` on the command line; explain and report show the top layer; gradflow refuses a stack.
 """
 
 from __future__ import annotations
@@ -315,6 +315,10 @@ def test_a_two_layer_classifier_trains_and_its_checkpoint_reloads_to_the_same_pr
     assert len(result.history) == 1 and result.history[0]["train_loss"] > 0
     ids = torch.tensor([vocab.encode("a great film".split()), vocab.encode("the worst film".split())])
     torch.testing.assert_close(model.predict_proba(ids), result.model.predict_proba(ids), rtol=0, atol=0)
+    from rnnlab.report import write_report  # its traces are explain's: the top layer's states
+
+    write_report(tmp_path / "run")
+    assert "LSTM, H = 8, 2 layers" in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_a_checkpoint_without_layers_loads_as_one_layer(tmp_path):
