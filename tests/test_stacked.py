@@ -34,15 +34,6 @@ from tests.test_train import quiet, sentiment_tsv
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny sizes: torch's second thread would only wait (see tests/test_train.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def torch_stack(kind, E, H, N, *, bias=True, batch_first=False, dtype=torch.float64, seed=0, dropout=0.0):
     """nn.RNN/LSTM/GRU(num_layers=N) with random non-zero weights (the widths of test_cells.torch_module)."""
     kw = dict(num_layers=N, bias=bias, batch_first=batch_first, dropout=dropout, dtype=dtype)
