@@ -111,7 +111,8 @@ def load_model(path: str | Path, name: str = BEST) -> tuple[Classifier, Config, 
         vocab = Vocab.from_list(ckpt["vocab"])
         labels = list(ckpt["label_names"])
         model = Classifier(len(vocab), config.hidden, len(labels), cell=config.cell, phi=config.phi,
-                           embed_dim=config.embed_dim, backward=config.backward, seed=config.seed)
+                           embed_dim=config.embed_dim, layers=config.layers, backward=config.backward,
+                           seed=config.seed)  # a checkpoint older than `layers` has none: Config's 1
         model.load_state_dict(ckpt["weights"])
     except (KeyError, ValueError, TypeError, AttributeError, UserError) as e:  # a missing entry, a wrong shape
         raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "

@@ -104,11 +104,13 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell, help=f"cell (default {d.cell})")
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size H (default {d.hidden})")
+    p.add_argument("--layers", type=int, default=d.layers,
+                   help=f"stacked recurrent layers, as torch.nn's num_layers (default {d.layers})")
     p.add_argument("--embed-dim", type=int, default=d.embed_dim,
                    help=f"embedding size; 0 feeds one-hot words to U (default {d.embed_dim})")
     p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help=f"vanilla RNN nonlinearity (default {d.phi})")
     p.add_argument("--dropout", type=float, default=d.dropout,
-                   help="dropout on the embeddings and on s_T while training (default 0)")
+                   help="dropout on the embeddings, between layers and on s_T while training (default 0)")
     p.add_argument("--backward", choices=["autograd", "manual"], default=d.backward,
                    help=f"autograd, or manual (hand-written BPTT) (default {d.backward})")
     p.add_argument("--optimizer", choices=["sgd", "adagrad", "adam"], default=d.optimizer,
@@ -149,8 +151,8 @@ def cmd_train(args) -> int:
     from rnnlab.config import Config
     from rnnlab.train import train
 
-    config = Config(cell=args.cell, hidden=args.hidden, embed_dim=args.embed_dim or None, phi=args.phi,
-                    dropout=args.dropout,
+    config = Config(cell=args.cell, hidden=args.hidden, layers=args.layers, embed_dim=args.embed_dim or None,
+                    phi=args.phi, dropout=args.dropout,
                     backward=args.backward, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                     weight_decay=args.weight_decay, clip=args.clip or None, batch_size=args.batch_size,
                     epochs=args.epochs, patience=args.patience or None, lowercase=not args.no_lowercase,

@@ -21,7 +21,7 @@ class Config:
     layers: int = 1  # stacked recurrent layers (torch.nn's num_layers)
     phi: str = "tanh"  # nonlinearity of the vanilla RNN: 'tanh' or 'relu'
     embed_dim: int | None = 128  # D: word embedding size; None feeds one-hot words straight into U (the lab)
-    dropout: float = 0.0  # training only: drop embedding entries and entries of s_T with this probability
+    dropout: float = 0.0  # training only: drop embedding entries, layer outputs and s_T entries with this probability
     backward: str = "manual"  # "manual" (hand-written BPTT, the faster) or "autograd" (loss.backward through the loop)
     # -- optimisation --
     optimizer: str = "adam"  # 'sgd', 'adagrad' or 'adam', all written by hand in optim.py

@@ -457,7 +457,8 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
                           encode_dataset(val_ds, vocab, config.lowercase))
 
     model = Classifier(len(vocab), config.hidden, len(label_names), cell=config.cell, phi=config.phi,
-                       embed_dim=config.embed_dim, backward=config.backward, seed=config.seed, device=config.device)
+                       embed_dim=config.embed_dim, layers=config.layers, backward=config.backward, seed=config.seed,
+                       device=config.device)
     steps_per_epoch = math.ceil(len(train_ds) / config.batch_size)
     run = open_run(config, out_dir, model, {"vocab": vocab, "label_names": label_names}, resume=resume, fresh={},
                    team=team, log=log, progress=progress, total_steps=config.epochs * steps_per_epoch)
