@@ -375,6 +375,43 @@ class CosineLR(LRSchedule):
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
 
 
+class WarmupLR(LRSchedule):
+    """Linear warm-up over the first `warmup` steps, then `after` (or the constant base_lr when None):
+
+        lr_t = base_lr * (t + 1) / warmup             for t < warmup   (t = 0 is the first step)
+        lr_t = after.lr_at(t - warmup)                 afterwards
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup: int, after: LRSchedule | None = None):
+        _check(warmup >= 0, f"invalid warmup: {warmup}; it must be >= 0")
+        super().__init__(optimizer)
+        self.warmup, self.after = warmup, after
+
+    def lr_at(self, t: int) -> float:
+        if t < self.warmup:
+            return self.base_lr * (t + 1) / self.warmup
+        return self.base_lr if self.after is None else self.after.lr_at(t - self.warmup)
+
+
+SCHEDULES = ("constant", "cosine", "step")  # the names make_schedule accepts
+STEP_GAMMA = 0.3  # "step": lr times 0.3 after each third of the steps past the warm-up (3 levels: 1, 0.3, 0.09)
+
+
+def make_schedule(name: str, optimizer: Optimizer, total_steps: int, warmup: int = 0) -> LRSchedule | None:
+    """The schedule `--schedule name --warmup N` over a run of `total_steps` optimiser steps; None for a
+    constant rate with no warm-up (the optimiser's lr is then never touched). The training loop sets
+    `optimizer.lr = schedule.lr_at(optimizer.step_count)` before each step, so the rate follows from the
+    step count alone and a resumed run gets the same rates."""
+    _check(name in SCHEDULES, f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
+    rest = max(1, total_steps - warmup)  # steps after the warm-up
+    after = {"constant": None, "cosine": lambda: CosineLR(optimizer, rest),
+             "step": lambda: StepLR(optimizer, max(1, math.ceil(rest / 3)), STEP_GAMMA)}[name]
+    after = after() if after is not None else None
+    if warmup == 0:
+        return after
+    return WarmupLR(optimizer, warmup, after)
+
+
 def make_optimizer(
     name: str,
     params: Iterable[torch.Tensor] | torch.Tensor,
