@@ -286,10 +286,10 @@ class LSTMCell(Cell):
             z = h[t - 1] @ W.T + x[t - 1] @ U.T + b  # z_t: the forward step again
             i, f, o = torch.sigmoid(z[:, :H]), torch.sigmoid(z[:, H : 2 * H]), torch.sigmoid(z[:, 3 * H :])
             g, tanh_c = torch.tanh(z[:, 2 * H : 3 * H]), torch.tanh(c[t])
-            dc_t = dc + dh * o * (1 - tanh_c**2)  # dc = dc_t + dh_t * o_t * (1 - tanh(c_t)^2)
-            dz_i = dc_t * g * i * (1 - i)
-            dz_f = dc_t * c[t - 1] * f * (1 - f)
-            dz_g = dc_t * i * (1 - g**2)
+            dc = dc + dh * o * (1 - tanh_c**2) * m  # dc = dc_t + dh_t * o_t * (1 - tanh(c_t)^2); padded: dc_t
+            dz_i = dc * g * i * (1 - i)
+            dz_f = dc * c[t - 1] * f * (1 - f)
+            dz_g = dc * i * (1 - g**2)
             dz_o = dh * tanh_c * o * (1 - o)
             dz = torch.cat([dz_i, dz_f, dz_g, dz_o], dim=1) * m  # (B, 4H), zero at padded steps
             dW += dz.T @ h[t - 1]  # dW += dz h_{t-1}^T, summed over the batch
@@ -297,7 +297,7 @@ class LSTMCell(Cell):
             db += dz.sum(0)  # db += dz
             dx[t - 1] = dz @ U  # dx_t = U^T dz
             dh = torch.where(m, dz @ W, dh)  # dh_{t-1} = W^T dz; at a padded step dh and dc pass through
-            dc = torch.where(m, dc_t * f, dc)  # dc_{t-1} = dc * f_t
+            dc = torch.where(m, dc * f, dc)  # dc_{t-1} = dc * f_t
         return {"W": dW, "U": dU, "b": None if self.b is None else db}, dx, (dh, dc)
 
     # -- fast path: hand-written BPTT over preallocated buffers ----------------------------------------
