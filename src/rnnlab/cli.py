@@ -71,10 +71,13 @@ def _add_train(sub) -> None:
     from rnnlab.config import Config
 
     d = Config()
-    p = sub.add_parser("train", help="train a classifier on a labelled file and write a run folder",
-                       description="Train on TSV/CSV/UCI/rt-polarity data; writes config, history, curves, "
-                                   "confusion matrix and checkpoints (model.pt best, last.pt) to --out.")
-    p.add_argument("--data", required=True, nargs="+", help="training file(s) or folder")
+    p = sub.add_parser("train", help="train a classifier on a labelled file, or a language model on a text",
+                       description="Train on TSV/CSV/UCI/rt-polarity data (or, with --task lm, on a text file); "
+                                   "writes config, history, curves, confusion matrix and checkpoints (model.pt "
+                                   "best, last.pt) to --out.")
+    p.add_argument("--task", choices=["classify", "lm"], default=d.task,
+                   help="classify labelled sentences, or lm: predict the next token of a text (default classify)")
+    p.add_argument("--data", required=True, nargs="+", help="training file(s) or folder (lm: one text file)")
     p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
     p.add_argument("--val", nargs="+", help="validation file(s) (default: split from --data)")
     p.add_argument("--test", nargs="+", help="test file(s) (default: split from --data)")
@@ -84,6 +87,7 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell, help=f"cell (default {d.cell})")
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size H (default {d.hidden})")
+    p.add_argument("--layers", type=int, default=d.layers, help="stacked recurrent layers (default 1)")
     p.add_argument("--embed-dim", type=int, default=d.embed_dim,
                    help=f"embedding size; 0 feeds one-hot words to U (default {d.embed_dim})")
     p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help="vanilla RNN nonlinearity")
@@ -100,6 +104,18 @@ def _add_train(sub) -> None:
                                                               "0 for no clipping")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
+    p.add_argument("--steps", type=int, help="stop after this many optimiser steps (with --epochs and --minutes: "
+                                             "whichever comes first)")
+    p.add_argument("--minutes", type=float, help="stop after this many minutes of training (wall clock)")
+    p.add_argument("--schedule", choices=["constant", "cosine", "step"], default=d.schedule,
+                   help="learning rate over the run: constant, cosine (down to 0 at the last step) or step (x0.3 "
+                        "after each third); default constant")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="raise the learning rate linearly over this many "
+                                                                "first steps (default 0)")
+    p.add_argument("--level", choices=["char", "word"], default=d.level,
+                   help="lm: model characters or words (default char)")
+    p.add_argument("--seq-len", type=int, default=d.seq_len,
+                   help=f"lm: tokens per chunk, the BPTT length (default {d.seq_len})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"early-stopping patience in epochs; 0 never stops early (default {d.patience})")
     p.add_argument("--min-freq", type=int, default=d.min_freq, help="minimum word count for the vocabulary")
@@ -133,9 +149,20 @@ def cmd_train(args) -> int:
                     weight_decay=args.weight_decay, clip=args.clip or None, batch_size=args.batch_size,
                     epochs=args.epochs, patience=args.patience or None, lowercase=not args.no_lowercase,
                     min_freq=args.min_freq, max_vocab=args.max_vocab, val_frac=args.val_frac,
-                    test_frac=args.test_frac, bucket=not args.no_bucket, seed=args.seed, device=args.device)
+                    test_frac=args.test_frac, bucket=not args.no_bucket, seed=args.seed, device=args.device,
+                    layers=args.layers, steps=args.steps, minutes=args.minutes, schedule=args.schedule,
+                    warmup=args.warmup, task=args.task, level=args.level, seq_len=args.seq_len)
     out = args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
     backend = None if args.dist_backend == "auto" else args.dist_backend
+    if config.task == "lm":
+        from rnnlab.lm import train_lm
+
+        if len(args.data) != 1 or (args.val and len(args.val) != 1) or (args.test and len(args.test) != 1):
+            raise UserError("--task lm reads one text file each for --data, --val and --test")
+        with distributed.launch(config.validate(), backend, args.dist_timeout) as team:
+            train_lm(config, args.data[0], out, val_data=args.val and args.val[0], test_data=args.test and
+                     args.test[0], resume=args.resume, plots=not args.no_plots, team=team)
+        return 0
     with distributed.launch(config.validate(), backend, args.dist_timeout) as team:  # Alone without torchrun
         train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
               text_column=_column(args.text_column), label_column=_column(args.label_column), resume=args.resume,
@@ -179,6 +206,8 @@ def cmd_evaluate(args) -> int:
 
     from rnnlab.evaluate import evaluate
 
+    if _is_lm(args.checkpoint):
+        return _evaluate_lm(args)
     m = evaluate(args.checkpoint, args.data, args.format, text_column=_column(args.text_column),
                  label_column=_column(args.label_column))
     if args.json:
@@ -194,6 +223,71 @@ def cmd_evaluate(args) -> int:
     print(" " * 13 + " ".join(f"{n:>8}" for n in names))
     for name, row in zip(names, m["confusion"]):
         print(f"{name:>12} " + " ".join(f"{v:8d}" for v in row))
+    return 0
+
+
+def _is_lm(path) -> bool:
+    """Whether a checkpoint holds a language model (its config says task 'lm')."""
+    from rnnlab import checkpoint
+
+    return checkpoint.read(path)["config"].get("task") == "lm"
+
+
+def _evaluate_lm(args) -> int:
+    import json
+
+    from rnnlab import lm
+
+    if len(args.data) != 1:
+        raise UserError("a language model is evaluated on one text file; pass one --data")
+    m = lm.evaluate(args.checkpoint, args.data[0])
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"{m['level']} tokens {m['tokens']}  loss {m['loss']:.4f} nats/token  {m['bits_per_token']:.4f} "
+          f"bits/token  perplexity {m['perplexity']:.3f}  next-token accuracy {m['accuracy']:.4f}")
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="write text with a trained language model",
+                       description="Feeds --prime through the model, prints it, then draws --length tokens one "
+                                   "at a time. The text goes to stdout as it is drawn; status lines to stderr.")
+    p.add_argument("--checkpoint", required=True, help="run folder or model.pt of `rnnlab train --task lm`")
+    p.add_argument("--length", type=int, default=500, help="tokens to draw (default 500)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="divide the scores by this before the softmax; 0 takes the most likely token (default 1)")
+    p.add_argument("--top-k", type=int, help="draw among the k most likely tokens only")
+    p.add_argument("--prime", default="", help="text to start from (printed as the start of the output)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the settings and the text")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args) -> int:
+    import json
+
+    from rnnlab import lm
+
+    model, config, vocab = lm.load(args.checkpoint)
+    prime = _texts([args.prime])[0] if args.prime else ""
+    lm.encode(prime, vocab, config.level, config.lowercase, where="--prime")  # unknown characters: an error first
+    print(f"sampling {args.length} {config.level} tokens at temperature {args.temperature:g} from "
+          f"{args.checkpoint}", file=sys.stderr)
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    text = lm.sample(model, vocab, config.level, length=args.length, temperature=args.temperature, top_k=args.top_k,
+                     prime=prime, seed=args.seed, lowercase=config.lowercase,
+                     on_text=None if args.json else stream)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "level": config.level, "length": args.length,
+                          "temperature": args.temperature, "top_k": args.top_k, "prime": args.prime,
+                          "seed": args.seed, "text": text}, ensure_ascii=False))
+    else:
+        print()
     return 0
 
 
@@ -406,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_sample(sub)
     _add_explain(sub)
     _add_gradflow(sub)
     _add_report(sub)
