@@ -221,6 +221,26 @@ def test_evaluate_equals_a_token_by_token_computation(uninterrupted, tmp_path):
     assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
 
 
+def test_explain_gives_each_tokens_surprisal_and_report_shows_samples_and_pictures(uninterrupted, tmp_path):
+    text = "the cat sat on the log."
+    [r] = lm.explain_texts(uninterrupted.out_dir, [text])
+    rows = r["tokens"]
+    assert r["first"] == "t" and [row["token"] for row in rows] == list(text[1:])
+    for row in rows:
+        assert row["bits"] == pytest.approx(-math.log2(row["p"]), rel=1e-12)
+        assert len(row["top"]) == 3 and row["top"][0][1] >= row["top"][1][1] >= row["top"][2][1] >= 0
+        assert row["p"] <= row["top"][0][1] + 1e-12
+    mean_nats = sum(row["bits"] for row in rows) / len(rows) * math.log(2)  # the same numbers evaluate sums
+    assert mean_nats == pytest.approx(lm.evaluate(uninterrupted.out_dir, text_file(tmp_path, text))["loss"], rel=1e-5)
+    from rnnlab.report import write_report
+
+    page, *pictures = write_report(uninterrupted.out_dir, ["the dog"], tmp_path / "report")
+    html = page.read_text(encoding="utf-8")
+    assert "temperature 0.5" in html and "temperature 1 " in html and html.count("<figure>") == 2  # no curves
+    assert [p.name for p in pictures] == ["surprisal-1.png", "surprisal-2.png"]  # held-out text, then "the dog"
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
+
+
 # -- word level ---------------------------------------------------------------------------------------------------
 def test_word_level_keeps_lines_and_maps_unknown_prime_words_to_unk(tmp_path):
     assert lm.tokens("The cat.\nA dog", "word") == ["the", "cat", ".", lm.EOL, "a", "dog"]
@@ -280,6 +300,8 @@ def test_the_cli_prints_one_line_errors_and_keeps_text_on_stdout(uninterrupted, 
     assert json.loads(js.stdout)["text"] == ok.stdout[:-1]
     ev = run_cli("evaluate", "--checkpoint", run, "--data", str(text_file(tmp_path)), "--json")
     assert {"task", "level", "tokens", "loss", "bits_per_token", "perplexity"} <= set(json.loads(ev.stdout))
+    ex = run_cli("explain", "--checkpoint", run, "the mat", "--out", str(tmp_path / "ex"))
+    assert ex.returncode == 0 and "top 3 predictions" in ex.stdout and (tmp_path / "ex" / "surprisal.png").is_file()
 
 
 # -- it learns ----------------------------------------------------------------------------------------------------

@@ -366,6 +366,8 @@ def cmd_explain(args) -> int:
 
     from rnnlab import explain
 
+    if args.checkpoint and _is_lm(args.checkpoint):
+        return _explain_lm(args)
     if args.lab:
         model, traces = explain.explain_lab(_texts(args.texts) or None)
     else:
@@ -377,6 +379,27 @@ def cmd_explain(args) -> int:
         print("\n\n".join(explain.format_trace(tr, pca) for tr in traces))
     for f in explain.write(model, traces, _out_dir(args.out)) if args.out else []:
         print(f"wrote {f}")
+    return 0
+
+
+def _explain_lm(args) -> int:
+    """A language model: per token, p(token), surprisal in bits and the top 3; --out draws the text coloured."""
+    import json
+
+    from rnnlab import lm
+
+    results = lm.explain_texts(args.checkpoint, _sentences(args.texts))
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False))
+    else:
+        print("\n\n".join(lm.format_surprisal(r["tokens"], r["first"]) for r in results))
+    if args.out:
+        out = _out_dir(args.out)
+        (out / "explain.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {out / 'explain.json'}")
+        for i, r in enumerate(results):
+            name = "surprisal.png" if len(results) == 1 else f"surprisal-{i + 1}.png"
+            print(f"wrote {lm.plot_surprisal(r['tokens'], r['first'], r['level'], out / name)}")
     return 0
 
 

@@ -319,6 +319,15 @@ class LMTask:
                 f"({row['train_bits']:.3f} bits)  val {row['val_loss']:.4f} nats ({row['val_bits']:.3f} bits)  "
                 f"{row['tokens_per_s']:,.0f} tok/s  ({row['seconds']:.1f}s)")
 
+    def write_samples(self, run) -> Path:
+        """samples.json: the start of the held-out text, which `rnnlab report` colours by surprisal."""
+        import json
+
+        path = run.out / "samples.json"
+        path.write_text(json.dumps([{"text": _held_out_snippet(self, run.config), "label": None}], indent=1,
+                                   ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
     def finish(self, run, plots: bool) -> tuple[dict | None, list[Path]]:
         from rnnlab.train import reload_best, write_history
 
@@ -332,13 +341,18 @@ class LMTask:
             import json
 
             (run.out / "metrics.json").write_text(json.dumps(test, indent=2) + "\n")
-        files = [write_history(run.out, run.progress["history"])]
+        files = [write_history(run.out, run.progress["history"]), self.write_samples(run)]
         files += [run.out / "metrics.json"] if test else []
         if plots:
             from rnnlab import plots as _plots
 
             files += _plots.training_curves(run.progress["history"], run.out)
         return test, files + [run.out / "config.json", run.out / checkpoint.BEST, run.out / checkpoint.LAST]
+
+
+def _held_out_snippet(task: LMTask, config: Config, n: int = 300) -> str:
+    """The first n tokens of the validation text, for `rnnlab report`."""
+    return decode(task.val_ids[:n].tolist(), task.vocab, config.level)
 
 
 def evaluate_ids(model: LanguageModel, ids: torch.Tensor, n: int, seq_len: int) -> dict:
@@ -513,3 +527,57 @@ def surprisal(model: LanguageModel, vocab, level: str, text: str, lowercase: boo
         rows.append({"token": vocab.itos[token], "p": p, "bits": -math.log2(p) if p > 0 else math.inf,
                      "top": [[vocab.itos[i], float(q)] for q, i in zip(best.values.tolist(), best.indices.tolist())]})
     return rows
+
+
+def format_surprisal(rows: list[dict], first: str) -> str:
+    """One line per token: the token, p(token), surprisal in bits, the top predictions there."""
+    lines = [f"{'token':>8} {'p':>7} {'bits':>6}  top 3 predictions", f"{first!r:>8} {'':>7} {'':>6}  (first: not "
+             "predicted)"]
+    for r in rows:
+        top = "  ".join(f"{tok!r} {q:.3f}" for tok, q in r["top"])
+        lines.append(f"{r['token']!r:>8} {r['p']:7.4f} {r['bits']:6.2f}  {top}")
+    mean = sum(r["bits"] for r in rows) / len(rows)
+    lines.append(f"mean surprisal {mean:.3f} bits per token over {len(rows)} tokens")
+    return "\n".join(lines)
+
+
+def plot_surprisal(rows: list[dict], first: str, level: str, path, *, max_bits: float = 8.0, width: int = 80):
+    """The text with each token on a background coloured by its surprisal (white 0 bits, dark red >= max_bits);
+    the first token, which nothing predicts, in grey. Lines wrap at `width` characters."""
+    from matplotlib import colormaps
+
+    from rnnlab import plots
+
+    sep = "" if level == "char" else " "
+    cells, line, col = [], 0, 0  # (line, column, text, bits or None)
+    for token, bits in [(first, None)] + [(r["token"], r["bits"]) for r in rows]:
+        shown = "\\n" if token in ("\n", EOL) else token
+        if col + len(shown) > width:
+            line, col = line + 1, 0
+        cells.append((line, col, shown, bits))
+        col += len(shown) + len(sep)
+        if token in ("\n", EOL):
+            line, col = line + 1, 0
+    n_lines = line + 1
+    fig, ax = plots.figure_grid(1, 1, (max(6.0, 0.11 * width), 0.6 + 0.28 * n_lines))
+    cmap = colormaps["Reds"]
+    for line, col, shown, bits in cells:
+        face = "#dddddd" if bits is None else cmap(min(bits, max_bits) / max_bits)
+        ax.text(col, -line, shown, family="monospace", fontsize=9, va="center", ha="left",
+                bbox={"boxstyle": "square,pad=0.1", "facecolor": face, "edgecolor": "none"})
+    ax.set_xlim(-1, width + 1)
+    ax.set_ylim(-n_lines, 1)
+    ax.axis("off")
+    ax.set_title(f"surprisal -log2 p(token) in bits (white 0, dark red {max_bits:g} or more)")
+    return plots.save(fig, Path(path))
+
+
+def explain_texts(path, texts: list[str]) -> list[dict]:
+    """For each text: {"text", "first", "tokens": surprisal rows} with the model of a run folder or model.pt."""
+    model, config, vocab = load(path)
+    out = []
+    for text in texts:
+        rows = surprisal(model, vocab, config.level, text, config.lowercase)
+        first = tokens(text, config.level, config.lowercase)[0]
+        out.append({"text": text, "level": config.level, "first": first, "tokens": rows})
+    return out
