@@ -17,7 +17,11 @@ Also printed per row:
   at the step's own shapes in this run with the fastest product available (`rnnlab.gemm.linear`),
   and the percent of it that rnnlab reaches.
 
-Usage: python benchmarks/bench_train.py [--cells rnn lstm gru] [--hidden 32 128 512] [--json out.json]
+The language model of issue 13 (2 layers of LSTM 256, embedding 64, seq-len 100, batch 64, vocabulary
+65, dropout 0.2, Adam; a whole truncated-BPTT step on Tiny Shakespeare) is its own row with `--lm`,
+cell "lm-lstm2", timed by benchmarks/bench_lm.py's `throughput` (no matmul limit or memory for it).
+
+Usage: python benchmarks/bench_train.py [--cells rnn lstm gru] [--hidden 32 128 512] [--lm] [--json out.json]
        python benchmarks/bench_train.py --tiny        (seconds; what the test suite runs)
 Ratios > 1 mean rnnlab is faster. Timings vary with the machine's load: compare ratios from one run.
 """
@@ -284,6 +288,21 @@ def print_table(rows: list[Row]) -> None:
               f"{r.ratio:6.2f} {r.pct_of_limit:7.1f}% {r.step_ms:8.2f} {mem}")
 
 
+def lm_row(steps: int, repeats: int, tiny: bool) -> Row:
+    """The language model's training step (bench_lm.py's workload and timing) as a row of this table."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_lm
+
+    w = bench_lm.TINY if tiny else bench_lm.Workload()
+    config = bench_lm.config_for(w)
+    vocab, ids, _, _ = bench_lm.lm.load_splits(config, bench_lm.SHAKESPEARE)
+    r = bench_lm.throughput(w, ids[: 40 * w.batch * w.seq_len], len(vocab), steps, repeats)
+    tokens = w.batch * w.seq_len
+    return Row("lm-lstm2", w.hidden, "manual", r["rnnlab_tokens_per_s"], r["torch_tokens_per_s"], r["ratio"],
+               float("nan"), float("nan"), None, None, 1000 * tokens / r["rnnlab_tokens_per_s"],
+               1000 * tokens / r["torch_tokens_per_s"])
+
+
 def main(argv=None) -> list[Row]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cells", nargs="+", default=["rnn", "lstm", "gru"], choices=["rnn", "lstm", "gru"])
@@ -298,6 +317,7 @@ def main(argv=None) -> list[Row]:
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tiny", action="store_true", help="tiny sizes, one repeat: checks the benchmark runs")
+    p.add_argument("--lm", action="store_true", help="add the Shakespeare language model's row (bench_lm.py)")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -316,6 +336,8 @@ def main(argv=None) -> list[Row]:
             best = rows[-1]
             print(f"  {cell} H={H}: ratio {best.ratio:.2f} ({best.backward}), {best.pct_of_limit:.0f}% of limit",
                   flush=True)
+    if args.lm:
+        rows.append(lm_row(args.steps, args.repeats, args.tiny))
     print()
     print_table(rows)
     if args.json:

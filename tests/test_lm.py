@@ -319,6 +319,26 @@ def test_a_tiny_lm_on_shakespeare_beats_the_unigram_entropy(tmp_path):
     assert r.history[-1]["val_loss"] < entropy - 0.1, (r.history[-1]["val_loss"], entropy)
 
 
+# -- the README's Shakespeare figures come from the stored benchmark -------------------------------------------------
+def test_readme_shakespeare_section_is_generated_from_the_stored_benchmark():
+    """README.md holds exactly what `python benchmarks/bench_lm.py --readme benchmarks/results/bench_lm.json`
+    prints from the stored results: no figure there can drift from the measurement."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("bench_lm", REPO / "benchmarks" / "bench_lm.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    stored = json.loads((REPO / "benchmarks" / "results" / "bench_lm.json").read_text())
+    section = bench.readme_section(stored)
+    assert section in (REPO / "README.md").read_text(encoding="utf-8"), "paste `bench_lm.py --readme` output"
+    t = stored["training"]
+    for figure in (f"**{t['rnnlab']['val_loss']:.3f}**", f"**{t['torch']['val_loss']:.3f}**",
+                   f"**{stored['throughput']['ratio']:.2f}**", stored["sample"]["text"]):
+        assert figure in section
+
+
 @pytest.mark.slow
 def test_tiny_benchmark_runs_and_writes_json(tmp_path):
     import importlib.util
@@ -333,6 +353,12 @@ def test_tiny_benchmark_runs_and_writes_json(tmp_path):
     assert json.loads(out.read_text())["throughput"] == results["throughput"]
     assert results["throughput"]["ratio"] == pytest.approx(results["throughput"]["rnnlab_tokens_per_s"]
                                                             / results["throughput"]["torch_tokens_per_s"])
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_train
+
+    rows = bench_train.main(["--tiny", "--cells", "rnn", "--lm"])  # the LM as its own row of bench_train
+    assert rows[-1].cell == "lm-lstm2" and rows[-1].ratio == pytest.approx(rows[-1].tokens_per_s
+                                                                           / rows[-1].baseline_tokens_per_s)
 
 
 def test_learning_rate_schedules_with_warmup():
