@@ -237,7 +237,7 @@ def stream_loss(model: LanguageModel, ids: torch.Tensor, n: int, seq_len: int) -
     total, correct, count, states = 0.0, 0, 0, None
     for k in range(math.ceil((s.shape[1] - 1) / seq_len)):
         x, y = chunk(s, k, seq_len)
-        logits, states = model(x, states, backward="autograd")
+        logits, states = model(x, states)  # no graph is built here, so the manual path only runs forward
         y = y.t()  # (T, B), time-major like the logits
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
         correct += int((logits.argmax(-1) == y).sum())
@@ -501,7 +501,7 @@ def sample(model: LanguageModel, vocab, level: str, *, length: int = 500, temper
             on_text(piece)
 
     if prime:
-        emit(prime if level == "char" else decode(ids, vocab, level))
+        emit(prime)  # as given (at word level the model reads its unknown words as <unk>)
     logits, states = model(torch.tensor([ids]), None, backward="autograd")  # the prime sets the states
     for _ in range(length):
         token = next_token(logits[-1, 0], temperature, top_k, g)
