@@ -362,6 +362,21 @@ def test_tiny_benchmark_runs_and_writes_json(tmp_path):
                                                                            / rows[-1].baseline_tokens_per_s)
 
 
+def test_the_classifier_takes_the_schedule_and_the_step_budget_too(tmp_path):
+    from rnnlab.optim import SGD, make_schedule
+    from rnnlab.train import train
+
+    rows = "".join(f"{t}\t{y}\n" for t, y in [("a good film", "pos"), ("a bad film", "neg")] * 10)
+    data = text_file(tmp_path, rows, "reviews.tsv")
+    config = Config(cell="gru", hidden=8, embed_dim=8, batch_size=4, epochs=3, patience=None, schedule="cosine",
+                    warmup=2, steps=7, lr=0.05, val_frac=0.2, test_frac=0.0)
+    r = train(config, data, tmp_path / "run", log=quiet, plots=False)
+    opt = checkpoint.read(tmp_path / "run", checkpoint.LAST)["optimizer"]
+    assert opt["step_count"] == 7 and r.history[-1]["epoch"] == 2  # 4 steps per epoch: stopped in epoch 2
+    schedule = make_schedule("cosine", SGD([torch.zeros(1, requires_grad=True)], 0.05), 3 * 4, warmup=2)
+    assert opt["lr"] == pytest.approx(schedule.lr_at(6))  # the rate of the 7th step
+
+
 def test_learning_rate_schedules_with_warmup():
     from rnnlab.optim import SGD, make_schedule
 
