@@ -301,6 +301,8 @@ def test_the_cli_prints_one_line_errors_and_keeps_text_on_stdout(uninterrupted, 
     assert json.loads(js.stdout)["text"] == ok.stdout[:-1]
     ev = run_cli("evaluate", "--checkpoint", run, "--data", str(text_file(tmp_path)), "--json")
     assert {"task", "level", "tokens", "loss", "bits_per_token", "perplexity"} <= set(json.loads(ev.stdout))
+    pred = run_cli("predict", "--checkpoint", run, "a sentence")
+    assert pred.returncode == 2 and "is a language model, not a classifier" in pred.stderr
     ex = run_cli("explain", "--checkpoint", run, "the mat", "--out", str(tmp_path / "ex"))
     assert ex.returncode == 0 and "top 3 predictions" in ex.stdout and (tmp_path / "ex" / "surprisal.png").is_file()
 

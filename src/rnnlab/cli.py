@@ -162,6 +162,11 @@ def cmd_train(args) -> int:
         with distributed.launch(config.validate(), backend, args.dist_timeout) as team:
             train_lm(config, args.data[0], out, val_data=args.val and args.val[0], test_data=args.test and
                      args.test[0], resume=args.resume, plots=not args.no_plots, team=team)
+        if args.report:
+            from rnnlab.report import write_report
+
+            for f in write_report(out):
+                print(f"wrote {f}")
         return 0
     with distributed.launch(config.validate(), backend, args.dist_timeout) as team:  # Alone without torchrun
         train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
