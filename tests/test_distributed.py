@@ -48,14 +48,6 @@ FLAGS = ["--cell", "gru", "--hidden", "8", "--embed-dim", "8", "--optimizer", "s
 SENTENCES = ["a great film", "boring and slow", "the plot was good but the music was awful"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def data(tmp_path) -> tuple[Path, Path]:
     """train.tsv (45 sentences) and val.tsv (15), both classes in each."""

@@ -149,17 +149,22 @@ def open_run(config: Config, out: Path, model, keys: dict, *, resume: bool, fres
     return run
 
 
+# settings a resumed run may change: its budget and stopping rule (a longer run), and where it computes
+RESUME_MAY_CHANGE = ("epochs", "steps", "minutes", "patience", "device")
+
+
 def _resume(run: Run) -> dict:
     out = run.out
     if not (out / checkpoint.LAST).is_file():
         raise UserError("nothing to resume: no last.pt here; drop --resume to start a new run, or pass the "
                         "run's folder as --out", path=out / checkpoint.LAST)
     ckpt = checkpoint.read(out, checkpoint.LAST)
-    saved_config = Config.from_dict(ckpt.get("config", {}))
-    if saved_config.to_dict() != run.config.to_dict():
-        changed = sorted(k for k, v in run.config.to_dict().items() if saved_config.to_dict().get(k) != v)
-        raise UserError(f"cannot resume with different settings ({', '.join(changed)}); use the run's "
-                        f"config.json or start a new --out", path=out / checkpoint.LAST)
+    saved_config = Config.from_dict(ckpt.get("config", {})).to_dict()
+    changed = sorted(k for k, v in run.config.to_dict().items() if saved_config.get(k) != v)
+    refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if refused:
+        raise UserError(f"cannot resume with different settings ({', '.join(refused)}); leave those flags out to "
+                        f"keep the run's config.json, or start a new --out", path=out / checkpoint.LAST)
     if any(ckpt.get(k) != (v.to_list() if hasattr(v, "to_list") else v) for k, v in run.keys.items()):
         raise UserError("cannot resume on different data; pass the same --data as the run", path=out / checkpoint.LAST)
     try:
@@ -170,6 +175,9 @@ def _resume(run: Run) -> dict:
         raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "
                         "damaged, train again", path=out / checkpoint.LAST) from None
     state["history"] = [dict(r) for r in state["history"]]
+    if changed:
+        state.pop("budget_spent", None)  # a bigger budget: fit() checks the new one
+        run.log(f"resuming with {', '.join(f'{k} {saved_config.get(k)} -> {getattr(run.config, k)}' for k in changed)}")
     run.log(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
     return state
 
@@ -339,15 +347,14 @@ def _progress(total: int, start: int, desc: str, show: bool):
 
 
 # -- the classifier ---------------------------------------------------------------------------------------
-def _splits(config: Config, data, fmt, val_data, test_data, text_column, label_column):
-    full = load_dataset(data, fmt, text_column=text_column, label_column=label_column)
+def _splits(config: Config, data, fmt, val_data, test_data, **reading):
+    """(train, val, test) datasets; reading: text_column, label_column, encoding (see load_dataset)."""
+    full = load_dataset(data, fmt, **reading)
     if val_data is None and test_data is None:
         return split_dataset(full, config.val_frac, config.test_frac, config.seed)
     names = full.label_names
-    val = load_dataset(val_data, fmt, text_column=text_column, label_column=label_column, label_names=names) \
-        if val_data else None
-    test = load_dataset(test_data, fmt, text_column=text_column, label_column=label_column, label_names=names) \
-        if test_data else None
+    val = load_dataset(val_data, fmt, label_names=names, **reading) if val_data else None
+    test = load_dataset(test_data, fmt, label_names=names, **reading) if test_data else None
     if val is None:  # carve validation out of the training file
         train, val, _ = split_dataset(full, config.val_frac, 0.0, config.seed)
     else:
@@ -426,8 +433,9 @@ class ClassifierTask:
 
 
 def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, val_data=None, test_data=None,
-          text_column=None, label_column=None, resume: bool = False, log=print, progress: bool | None = None,
-          plots: bool = True, report: bool = False, team: distributed.Alone | None = None) -> TrainResult:
+          text_column=None, label_column=None, encoding: str | None = None, resume: bool = False, log=print,
+          progress: bool | None = None, plots: bool = True, report: bool = False,
+          team: distributed.Alone | None = None) -> TrainResult:
     """Train a classifier on `data` (see `load_dataset` for formats) and write a run folder.
 
     team: this process's place in a data-parallel job (`distributed.launch`); None for a single process.
@@ -438,7 +446,8 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
     torch.manual_seed(config.seed)
 
     # data: split, vocabulary from the training split only, ids
-    train_ds, val_ds, test_ds = _splits(config, data, fmt, val_data, test_data, text_column, label_column)
+    train_ds, val_ds, test_ds = _splits(config, data, fmt, val_data, test_data, text_column=text_column,
+                                        label_column=label_column, encoding=encoding)
     _check_classes(train_ds)
     if not len(val_ds):  # early stopping and the best checkpoint are chosen on the validation split
         raise UserError("no validation examples; pass --val FILE or a --val-frac above 0", path=train_ds.source)
@@ -448,7 +457,8 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
                           encode_dataset(val_ds, vocab, config.lowercase))
 
     model = Classifier(len(vocab), config.hidden, len(label_names), cell=config.cell, phi=config.phi,
-                       embed_dim=config.embed_dim, backward=config.backward, seed=config.seed, device=config.device)
+                       embed_dim=config.embed_dim, layers=config.layers, backward=config.backward, seed=config.seed,
+                       device=config.device)
     steps_per_epoch = math.ceil(len(train_ds) / config.batch_size)
     run = open_run(config, out_dir, model, {"vocab": vocab, "label_names": label_names}, resume=resume, fresh={},
                    team=team, log=log, progress=progress, total_steps=config.epochs * steps_per_epoch)
