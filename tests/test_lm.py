@@ -389,3 +389,35 @@ def test_learning_rate_schedules_with_warmup():
     assert s.lr_at(10) == pytest.approx(0.1) and s.lr_at(55) == pytest.approx(0.05) and s.lr_at(100) < 1e-3
     step = make_schedule("step", SGD([p], 0.1), 90)
     assert [step.lr_at(t) for t in (0, 29, 30, 60, 89)] == pytest.approx([0.1, 0.1, 0.03, 0.009, 0.009])
+
+
+# -- several processes ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_processes_train_the_language_model_of_one(tmp_path):
+    """torchrun with 2 processes, each reading half of the streams (dropout 0): the weights and the carried
+    states in last.pt equal one process's to 1e-6 (float32 sums in another order)."""
+    import subprocess
+    import sys
+
+    from tests.test_distributed import TIMEOUT_S, free_port, worker_env
+
+    data = text_file(tmp_path)
+    config = tiny(dropout=0.0, epochs=1, batch_size=4)
+    flags = ["train", "--task", "lm", "--data", str(data), "--out", str(tmp_path / "two"), "--cell", "lstm",
+             "--layers", "2", "--hidden", "12", "--embed-dim", "6", "--seq-len", "7", "--batch-size", "4",
+             "--lr", "0.01", "--epochs", "1", "--patience", "0", "--seed", "5", "--no-plots"]
+    job = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(free_port()), "-m", "rnnlab", *flags],
+                         env=worker_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert job.returncode == 0, job.stderr
+    one = lm.train_lm(config, data, tmp_path / "one", log=quiet, plots=False)
+    a, b = (checkpoint.read(d, checkpoint.LAST) for d in (tmp_path / "two", one.out_dir))
+    assert a["config"] == b["config"]
+    for name in b["weights"]:
+        assert (a["weights"][name] - b["weights"][name]).abs().max() <= 1e-6, name
+    for la, lb in zip(a["progress"]["carry"], b["progress"]["carry"]):  # every stream's, gathered from both
+        for sa, sb in zip(la, lb):
+            assert sa.shape == (4, 12) and (sa - sb).abs().max() <= 1e-6
+    for sa, sb in zip(a["progress"]["history"], b["progress"]["history"]):
+        assert sa["val_loss"] == pytest.approx(sb["val_loss"], abs=1e-6)
+        assert sa["train_loss"] == pytest.approx(sb["train_loss"], abs=1e-6)

@@ -22,8 +22,8 @@ the training split alone.
 
 Without --val, the last 10% of the tokens validate (nanoGPT's convention); a test split exists only
 when --test is given. Losses are reported in nats per token and in bits per token (nats / ln 2).
-Left out: torchrun for the language model (it runs in one process), beam search, subword tokens,
-tied input and output embeddings.
+Under torchrun each process reads a strided share of the streams (see distributed.py).
+Left out: beam search, subword tokens, tied input and output embeddings.
 """
 
 from __future__ import annotations
@@ -284,19 +284,21 @@ class LMTask:
         """forward from the carried states -> cross-entropy on the next tokens -> backward (truncated BPTT)."""
         from rnnlab.train import step_generator
 
-        c = run.config
-        x, y = chunk(self.train_streams, step, c.seq_len)  # (B, T) each
+        c, team = run.config, run.team
+        mine = team.streams(c.batch_size).to(c.device)  # the streams this process reads: all of them, alone
+        x, y = (part[mine] for part in chunk(self.train_streams, step, c.seq_len))  # (B, T) each
         states = run.progress["carry"]
         if states is not None:
-            states = [tuple(s.to(c.device) for s in state) for state in states]
-        drop = (c.dropout, step_generator(c.seed, epoch, step, run.team.rank)) if c.dropout else None
+            states = [tuple(s.to(c.device)[mine] for s in state) for state in states]
+        drop = (c.dropout, step_generator(c.seed, epoch, step, team.rank)) if c.dropout else None
         logits, finals = run.model(x, states, dropout=drop)  # forward   (T, B, V)
         logits, y = logits.reshape(-1, logits.shape[-1]), y.t().reshape(-1)
         loss = F.cross_entropy(logits, y)  # mean over the chunk's T*B next tokens
         loss.backward()  # backward: the hand BPTT (or autograd) inside the chunk only
-        loss_sum, correct, seen = run.team.sum_step(run.model.parameters(), loss, logits, y, len(y))
+        loss_sum, correct, seen = team.sum_step(run.model.parameters(), loss, logits, y, len(y))  # over processes
         self.epoch_tokens += seen
-        return loss_sum, correct, seen, {"carry": detach(finals)}  # the carry is committed with the step
+        carry = [tuple(team.gather_streams(s, c.batch_size) for s in state) for state in detach(finals)]
+        return loss_sum, correct, seen, {"carry": carry}  # the carry is committed with the step
 
     def postfix(self, run) -> dict:
         p = run.progress
@@ -413,8 +415,6 @@ def train_lm(config: Config, data, out_dir, *, val_data=None, test_data=None, re
 
     config.validate()
     team = team or distributed.Alone()
-    if team.world_size > 1:
-        raise UserError("--task lm runs in one process; start it without torchrun")
     vocab, train_ids, val_ids, test_ids = load_splits(config, data, val_data, test_data)
     task = LMTask(train_ids, val_ids, test_ids, vocab)
     model = make_model(config, len(vocab))
@@ -426,6 +426,8 @@ def train_lm(config: Config, data, out_dir, *, val_data=None, test_data=None, re
             f"{len(test_ids) if test_ids is not None else 0:,}  vocab {len(vocab)}  {config.layers} x {config.cell} "
             f"{config.hidden}  parameters {model.num_parameters():,}  {chunks} steps per epoch  -> {run.out}")
     stopped = fit(run, task)
+    if not team.is_main:  # rank 0 tests and writes the run's record
+        return LMResult(run.out, run.progress["history"], None, model, [], stopped)
     test, files = task.finish(run, plots)
     for f in files:
         run.log(f"wrote {f}")
