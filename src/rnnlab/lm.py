@@ -28,6 +28,7 @@ Left out: beam search, subword tokens, tied input and output embeddings.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from rnnlab.data import Vocab, tokenize
 from rnnlab.errors import UserError
 from rnnlab.recurrent import dropout as _dropout
 from rnnlab.recurrent import unroll_layers
+from rnnlab.train import fit, open_run, reload_best, step_generator, write_history
 
 EOL = "<eol>"  # word level: the end of a line
 VAL_FRAC = 0.1  # without --val, this last fraction of the training file validates (nanoGPT's split)
@@ -263,13 +265,10 @@ class LMTask:
     train_ids: torch.Tensor
     val_ids: torch.Tensor
     test_ids: torch.Tensor | None
-    vocab: object
-    train_streams: torch.Tensor = None
-    epoch_start: float = 0.0
-    epoch_tokens: int = 0
-
-    def __post_init__(self):
-        self.train_streams = None
+    vocab: object  # Chars or a word Vocab
+    train_streams: torch.Tensor | None = field(default=None, init=False)  # (B, L + 1), cut at the first epoch
+    epoch_start: float = field(default=0.0, init=False)  # for tokens/s
+    epoch_tokens: int = field(default=0, init=False)
 
     def start_epoch(self, run, epoch: int, start: int) -> int:
         """Chunks per epoch; states start at zero at the epoch's first chunk."""
@@ -282,8 +281,6 @@ class LMTask:
 
     def step(self, run, epoch: int, step: int):
         """forward from the carried states -> cross-entropy on the next tokens -> backward (truncated BPTT)."""
-        from rnnlab.train import step_generator
-
         c, team = run.config, run.team
         mine = team.streams(c.batch_size).to(c.device)  # the streams this process reads: all of them, alone
         x, y = (part[mine] for part in chunk(self.train_streams, step, c.seq_len))  # (B, T) each
@@ -323,16 +320,13 @@ class LMTask:
 
     def write_samples(self, run) -> Path:
         """samples.json: the start of the held-out text, which `rnnlab report` colours by surprisal."""
-        import json
-
         path = run.out / "samples.json"
         path.write_text(json.dumps([{"text": _held_out_snippet(self, run.config), "label": None}], indent=1,
                                    ensure_ascii=False) + "\n", encoding="utf-8")
         return path
 
     def finish(self, run, plots: bool) -> tuple[dict | None, list[Path]]:
-        from rnnlab.train import reload_best, write_history
-
+        """Reload the best weights, test (one carried stream, as `evaluate`), write history, curves, samples."""
         reload_best(run)
         test = None
         if self.test_ids is not None:
@@ -340,8 +334,6 @@ class LMTask:
                     **evaluate_ids(run.model, self.test_ids, 1, run.config.seq_len)}
             run.log(f"test loss {test['loss']:.4f} nats/token ({test['bits_per_token']:.3f} bits), perplexity "
                     f"{test['perplexity']:.2f}  (best epoch by validation loss)")
-            import json
-
             (run.out / "metrics.json").write_text(json.dumps(test, indent=2) + "\n")
         files = [write_history(run.out, run.progress["history"]), self.write_samples(run)]
         files += [run.out / "metrics.json"] if test else []
@@ -388,14 +380,12 @@ def load_splits(config: Config, data, val_data=None, test_data=None):
     else:
         vocab = Vocab.build([train_toks], config.min_freq, config.max_vocab)
 
-    def ids(toks, where, path):
-        if config.level == "word":
-            return torch.tensor(vocab.encode(toks))
-        return torch.tensor([vocab.stoi[ch] for ch in toks])
+    def ids(toks: list[str]) -> torch.Tensor:  # every character is in a char vocabulary made from these texts
+        return torch.tensor(vocab.encode(toks) if config.level == "word" else [vocab.stoi[ch] for ch in toks])
 
-    train_ids = ids(train_toks, "the training text", data)
+    train_ids = ids(train_toks)
     _check_length(train_ids, config, "the training text", data)
-    val_ids = ids(val_toks, "the validation text", val_data or data)
+    val_ids = ids(val_toks)
     if len(val_ids) < 2:
         raise UserError("the validation text has fewer than 2 tokens; pass a longer --val or a longer --data",
                         path=val_data or data)
@@ -411,8 +401,6 @@ def train_lm(config: Config, data, out_dir, *, val_data=None, test_data=None, re
              log: Callable = print, progress: bool | None = None, plots: bool = True,
              team: distributed.Alone | None = None) -> LMResult:
     """Train a language model on the text file `data` and write a run folder (see the module docstring)."""
-    from rnnlab.train import fit, open_run
-
     config.validate()
     team = team or distributed.Alone()
     vocab, train_ids, val_ids, test_ids = load_splits(config, data, val_data, test_data)
