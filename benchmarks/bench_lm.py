@@ -305,7 +305,8 @@ thread(s)). Validation loss of each model's final weights:
 At equal wall time rnnlab's validation loss is {lower} than torch.nn's. Throughput of a whole training
 step on the same weights (median of {tp['repeats']} interleaved repeats of {tp['steps']} steps): rnnlab
 {tp['rnnlab_tokens_per_s']:,.0f} tokens/s, torch.nn {tp['torch_tokens_per_s']:,.0f} tokens/s, ratio
-**{tp['ratio']:.2f}**. The machine was shared with other jobs during this run (load average
+**{tp['ratio']:.2f}** (`python benchmarks/bench_train.py --lm` times the same step as its own row,
+`lm-lstm2`, beside the classifier's). The machine was shared with other jobs during this run (load average
 {ours['load_before']:.1f} before rnnlab's training, {theirs['load_after']:.1f} after torch.nn's), so
 both rates are far below the ~40,000 tokens/s torch.nn reaches here on a quiet machine, and the two
 trainings, one after the other, may have met different loads. The issue's target (<= 1.42 nats/char

@@ -274,6 +274,8 @@ def test_a_text_shorter_than_one_chunk_and_seq_len_0_are_one_line_errors(tmp_pat
         lm.train_lm(tiny(seq_len=30), text_file(tmp_path, "abcdefghij" * 10), tmp_path / "run", log=quiet)
     with pytest.raises(UserError, match=r"--seq-len 0: use at least 1"):
         lm.train_lm(tiny(seq_len=0), text_file(tmp_path), tmp_path / "run", log=quiet)
+    with pytest.raises(UserError, match=r"--embed-dim 0: the language model reads its tokens through an embedding"):
+        lm.train_lm(tiny(embed_dim=None), text_file(tmp_path), tmp_path / "run", log=quiet)
 
 
 def test_unknown_characters_in_a_prime_or_an_evaluated_file_are_named(uninterrupted, tmp_path):

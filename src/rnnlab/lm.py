@@ -206,7 +206,7 @@ class LanguageModel:
 
 def make_model(config: Config, vocab_size: int) -> LanguageModel:
     return LanguageModel(vocab_size, config.hidden, layers=config.layers, cell=config.cell, phi=config.phi,
-                         embed_dim=config.embed_dim or 64, backward=config.backward, seed=config.seed,
+                         embed_dim=config.embed_dim, backward=config.backward, seed=config.seed,
                          device=config.device)
 
 
@@ -402,6 +402,9 @@ def train_lm(config: Config, data, out_dir, *, val_data=None, test_data=None, re
              team: distributed.Alone | None = None) -> LMResult:
     """Train a language model on the text file `data` and write a run folder (see the module docstring)."""
     config.validate()
+    if config.embed_dim is None:
+        raise UserError("--embed-dim 0: the language model reads its tokens through an embedding; give its size, "
+                        "e.g. --embed-dim 64")
     team = team or distributed.Alone()
     vocab, train_ids, val_ids, test_ids = load_splits(config, data, val_data, test_data)
     task = LMTask(train_ids, val_ids, test_ids, vocab)

@@ -9,6 +9,9 @@ The page shows, from the files a run folder holds:
                      model's prediction and its `explain` trace: p(class) and the gates after every word
     trajectory.png   drawn here: the hidden-state paths of those sentences on their principal components
 
+A language model's run (`train --task lm`) gets its own page: the curves, samples at temperatures 0.5
+and 1, and the start of the held-out text (samples.json) coloured by surprisal (see lm.py).
+
 Images are embedded as base64 `data:` URIs, so the page is one file that can be mailed or archived;
 links to the run's data files (config, history, metrics) are relative, so they work beside it.
 Left out: interactive plots, comparing several runs on one page.
