@@ -90,13 +90,6 @@ class Chars:
         return list(self.itos)
 
 
-def build_vocab(config: Config, texts: list[str]):
-    """`Chars` of all `texts` (char level), or a word `Vocab` of the first text's tokens (word level)."""
-    if config.level == "char":
-        return Chars(sorted(set("".join(texts))))
-    return Vocab.build([tokens(texts[0], "word", config.lowercase)], config.min_freq, config.max_vocab)
-
-
 def vocab_from_list(level: str, itos: list[str]):
     return Chars(itos) if level == "char" else Vocab.from_list(itos)
 
@@ -132,9 +125,15 @@ def decode(ids: list[int], vocab, level: str) -> str:
     """The text of token ids: characters joined, or words joined by spaces with <eol> as a newline."""
     if level == "char":
         return "".join(vocab.itos[i] for i in ids)
-    words = [vocab.itos[i] for i in ids]
-    return " ".join(words).replace(f" {EOL} ", "\n").replace(f"{EOL} ", "\n").replace(f" {EOL}", "\n") \
-        .replace(EOL, "\n")
+    out: list[str] = []
+    for i in ids:
+        out.append(_word_piece(vocab.itos[i], out[-1] if out else "\n"))
+    return "".join(out)
+
+
+def _word_piece(word: str, before: str) -> str:
+    """How a word is written after the piece `before`: <eol> as a newline, a space between words."""
+    return "\n" if word == EOL else (word if before.endswith("\n") else " " + word)
 
 
 # -- the model ----------------------------------------------------------------------------------------------
@@ -376,7 +375,7 @@ def load_splits(config: Config, data, val_data=None, test_data=None):
     else:
         train_toks, val_toks = toks, tokens(val_text, config.level, config.lowercase)
     if config.level == "char":
-        vocab = build_vocab(config, [t for t in (text, val_text, test_text) if t])
+        vocab = Chars(sorted(set("".join(t for t in (text, val_text, test_text) if t))))
     else:
         vocab = Vocab.build([train_toks], config.min_freq, config.max_vocab)
 
@@ -499,7 +498,7 @@ def sample(model: LanguageModel, vocab, level: str, *, length: int = 500, temper
     for _ in range(length):
         token = next_token(logits[-1, 0], temperature, top_k, g)
         piece = vocab.itos[token]
-        emit(piece if level == "char" else ("\n" if piece == EOL else " " + piece))
+        emit(piece if level == "char" else _word_piece(piece, pieces[-1] if pieces else "\n"))
         logits, states = model(torch.tensor([[token]]), states, backward="autograd")
     return "".join(pieces)
 
