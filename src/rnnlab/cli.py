@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from rnnlab import choices
 from rnnlab.errors import UserError
 
 
@@ -46,9 +47,9 @@ def _add_lab(sub) -> None:
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
     p.add_argument("--hidden", type=int, default=2, help="hidden size n (default 2)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42, the handout's)")
-    p.add_argument("--phi", choices=["tanh", "relu"], default="tanh", help="nonlinearity (default tanh)")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn", help="cell (default rnn, the handout's)")
-    p.add_argument("--backward", choices=["autograd", "manual"], default="autograd",
+    p.add_argument("--phi", choices=choices.PHIS, default="tanh", help="nonlinearity (default tanh)")
+    p.add_argument("--cell", choices=choices.CELLS, default="rnn", help="cell (default rnn, the handout's)")
+    p.add_argument("--backward", choices=choices.BACKWARDS, default="autograd",
                    help="autograd (the handout's loss.backward, the default) or manual (hand-written BPTT)")
     p.add_argument("--sentence", action="append", metavar="TEXT",
                    help="a test sentence (repeatable; default: the handout's two)")
@@ -73,7 +74,7 @@ def _add_gradcheck(sub) -> None:
     p = sub.add_parser("gradcheck", help="check the hand-written BPTT against autograd and finite differences",
                        description="Per parameter, the largest relative error of the hand BPTT against autograd "
                                    "and against float64 central differences; exit 1 past tolerance.")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="all", help="cell to check (default all)")
+    p.add_argument("--cell", choices=[*choices.CELLS, "all"], default="all", help="cell to check (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default 0)")
     p.set_defaults(func=cmd_gradcheck)
 
@@ -81,7 +82,7 @@ def _add_gradcheck(sub) -> None:
 def cmd_gradcheck(args) -> int:
     from rnnlab.gradcheck import report
 
-    cells = ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
+    cells = choices.CELLS if args.cell == "all" else [args.cell]
     results = [report(cell, seed=args.seed) for cell in cells]
     return 0 if all(results) else 1
 
@@ -94,10 +95,10 @@ def _add_train(sub) -> None:
                        description="Train on TSV/CSV/UCI/rt-polarity data (or, with --task lm, on a text file); "
                                    "writes config, history, curves, confusion matrix and checkpoints (model.pt "
                                    "best, last.pt) to --out.")
-    p.add_argument("--task", choices=["classify", "lm"], default=d.task,
+    p.add_argument("--task", choices=choices.TASKS, default=d.task,
                    help="classify labelled sentences, or lm: predict the next token of a text (default classify)")
     p.add_argument("--data", required=True, nargs="+", help="training file(s) or folder (lm: one text file)")
-    p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
+    p.add_argument("--format", choices=choices.FORMATS, help="input format (default: from the name)")
     p.add_argument("--val", nargs="+", help="validation file(s) (default: split from --data)")
     p.add_argument("--test", nargs="+", help="test file(s) (default: split from --data)")
     p.add_argument("--text-column", help="text column: index or header name (default: first)")
@@ -105,18 +106,18 @@ def _add_train(sub) -> None:
     _add_encoding(p)
     p.add_argument("--out", help="run folder (default runs/<cell>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell, help=f"cell (default {d.cell})")
+    p.add_argument("--cell", choices=choices.CELLS, default=d.cell, help=f"cell (default {d.cell})")
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size H (default {d.hidden})")
     p.add_argument("--layers", type=int, default=d.layers,
                    help=f"stacked recurrent layers, as torch.nn's num_layers (default {d.layers})")
     p.add_argument("--embed-dim", type=int, default=d.embed_dim,
                    help=f"embedding size; 0 feeds one-hot words to U (default {d.embed_dim})")
-    p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help=f"vanilla RNN nonlinearity (default {d.phi})")
+    p.add_argument("--phi", choices=choices.PHIS, default=d.phi, help=f"vanilla RNN nonlinearity (default {d.phi})")
     p.add_argument("--dropout", type=float, default=d.dropout,
                    help="dropout on the embeddings, between layers and on s_T while training (default 0)")
-    p.add_argument("--backward", choices=["autograd", "manual"], default=d.backward,
+    p.add_argument("--backward", choices=choices.BACKWARDS, default=d.backward,
                    help=f"autograd, or manual (hand-written BPTT) (default {d.backward})")
-    p.add_argument("--optimizer", choices=["sgd", "adagrad", "adam"], default=d.optimizer,
+    p.add_argument("--optimizer", choices=choices.OPTIMIZERS, default=d.optimizer,
                    help=f"optimiser (default {d.optimizer})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default 0)")
@@ -128,12 +129,12 @@ def _add_train(sub) -> None:
     p.add_argument("--steps", type=int, help="stop after this many optimiser steps (with --epochs and --minutes: "
                                              "whichever comes first)")
     p.add_argument("--minutes", type=float, help="stop after this many minutes of training (wall clock)")
-    p.add_argument("--schedule", choices=["constant", "cosine", "step"], default=d.schedule,
+    p.add_argument("--schedule", choices=choices.SCHEDULES, default=d.schedule,
                    help="learning rate over the run: constant, cosine (down to 0 at the last step) or step (x0.3 "
                         "after each third); default constant")
     p.add_argument("--warmup", type=int, default=d.warmup, help="raise the learning rate linearly over this many "
                                                                 "first steps (default 0)")
-    p.add_argument("--level", choices=["char", "word"], default=d.level,
+    p.add_argument("--level", choices=choices.LEVELS, default=d.level,
                    help="lm: model characters or words (default char)")
     p.add_argument("--seq-len", type=int, default=d.seq_len,
                    help=f"lm: tokens per chunk, the BPTT length (default {d.seq_len})")
@@ -163,18 +164,9 @@ def cmd_train(args) -> int:
     import time
 
     from rnnlab import distributed
-    from rnnlab.config import Config
     from rnnlab.train import train
 
-    config = Config(cell=args.cell, hidden=args.hidden, layers=args.layers, embed_dim=args.embed_dim or None,
-                    phi=args.phi, dropout=args.dropout,
-                    backward=args.backward, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                    weight_decay=args.weight_decay, clip=args.clip or None, batch_size=args.batch_size,
-                    epochs=args.epochs, patience=args.patience or None, lowercase=not args.no_lowercase,
-                    min_freq=args.min_freq, max_vocab=args.max_vocab, val_frac=args.val_frac,
-                    test_frac=args.test_frac, bucket=not args.no_bucket, seed=args.seed, device=args.device,
-                    steps=args.steps, minutes=args.minutes, schedule=args.schedule, warmup=args.warmup,
-                    task=args.task, level=args.level, seq_len=args.seq_len)
+    config = _config(args)
     out = _out_dir(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}", args, create=False)
     if args.resume:  # the run's own settings, but for the flags given now
         config = _resumed_config(out, config, _given(args))
@@ -199,6 +191,20 @@ def cmd_train(args) -> int:
               resume=args.resume,
               plots=not args.no_plots, report=args.report, team=team)
     return 0
+
+
+def _config(args):
+    """The Config of train's flags: each flag's destination is its field's name, but --no-lowercase and
+    --no-bucket, which negate theirs, and --embed-dim, --clip and --patience, whose 0 means None (none)."""
+    import dataclasses
+
+    from rnnlab.config import Config
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+    values.update(lowercase=not args.no_lowercase, bucket=not args.no_bucket)
+    for name in ("embed_dim", "clip", "patience"):
+        values[name] = values[name] or None
+    return Config(**values)
 
 
 def _given(args) -> set[str]:
@@ -261,7 +267,7 @@ def _add_evaluate(sub) -> None:
                                    "matrix, and the share of words the model never saw.")
     p.add_argument("--checkpoint", required=True, help="run folder or model.pt")
     p.add_argument("--data", required=True, nargs="+", help="labelled file(s) or folder")
-    p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
+    p.add_argument("--format", choices=choices.FORMATS, help="input format (default: from the name)")
     p.add_argument("--text-column", help="text column: index or header name (default: first)")
     p.add_argument("--label-column", help="label column: index or header name (default: last)")
     _add_encoding(p)
@@ -558,12 +564,12 @@ def _add_memory(sub) -> None:
                        description="The label is the first token, followed by D distractor tokens. Trains each "
                                    "cell at each D for the same budget; prints the accuracy table and writes "
                                    "memory.png and memory.json to --out.")
-    p.add_argument("--cells", nargs="+", choices=["rnn", "lstm", "gru"], help="cells to compare (default: all three)")
+    p.add_argument("--cells", nargs="+", choices=choices.CELLS, help="cells to compare (default: all three)")
     p.add_argument("--distances", nargs="+", type=int, metavar="D",
                    help="distractor counts D, each >= 1 (default: 5 10 20 50 100)")
     p.add_argument("--steps", type=int, help="optimiser steps per cell and D (default 2000)")
     p.add_argument("--hidden", type=int, help="hidden size H (default 32)")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], help="optimiser (default adam)")
+    p.add_argument("--optimizer", choices=choices.OPTIMIZERS, help="optimiser (default adam)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.01)")
     p.add_argument("--seed", type=int, help="seed for the weights and the data (default 0)")
     p.add_argument("--seeds", type=int, help="repeat with this many seeds from --seed on; report the mean (default 1)")

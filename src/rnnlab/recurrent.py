@@ -45,10 +45,11 @@ import contextlib
 
 import torch
 
+from rnnlab import choices
 from rnnlab.cells import Buffers, Cell, State, make_cell
 from rnnlab.gemm import linear
 
-BACKWARDS = ("autograd", "manual")
+BACKWARDS = choices.BACKWARDS
 
 
 def _mask(lengths: torch.Tensor | None, T: int, B: int, device) -> torch.Tensor | None:
