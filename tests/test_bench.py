@@ -75,7 +75,7 @@ def test_peak_memory_sees_the_step():
 
 
 def test_rnnlab_bench_runs_and_explains_itself(tmp_path):
-    r = run_cli("bench", "--tiny", "--cells", "rnn", "--no-lm", cwd=tmp_path)  # from anywhere, no checkout needed
+    r = run_cli("bench", "--tiny", "--cells", "rnn", "--no-lm-workload", cwd=tmp_path)  # from anywhere
     assert r.returncode == 0, r.stderr
     assert "ratio" in r.stdout and "rnn" in r.stdout
     assert "bench:" not in r.stdout and "bench:" not in r.stderr  # no progress bar when stdout is not a terminal

@@ -387,6 +387,30 @@ def print_table(rows: list[Row], file=None) -> None:
               file=file)
 
 
+def lm_rows(steps: int, repeats: int, tiny: bool) -> list[Row]:
+    """The Shakespeare language model's training step (benchmarks/bench_lm.py's workload and timing, which
+    needs a source checkout) as a row of this table, and its `best` copy; no matmul limit or memory."""
+    from rnnlab.errors import UserError
+
+    folder = next((f for f in (Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks")
+                   if (f / "bench_lm.py").is_file()), None)
+    if folder is None:
+        raise UserError("--lm times benchmarks/bench_lm.py: run it from a source checkout of rnnlab")
+    sys.path.insert(0, str(folder))
+    import bench_lm
+
+    w = bench_lm.TINY if tiny else bench_lm.Workload()
+    config = bench_lm.config_for(w)
+    vocab, ids, _, _ = bench_lm.lm.load_splits(config, bench_lm.SHAKESPEARE)
+    r = bench_lm.throughput(w, ids[: 40 * w.batch * w.seq_len], len(vocab), steps, repeats)
+    tokens = w.batch * w.seq_len
+    engine = engines.resolve(None, torch.zeros(1))  # bench_lm's model takes the default engine
+    row = Row("lm-lstm2", w.hidden, "manual", engine, r["rnnlab_tokens_per_s"], r["torch_tokens_per_s"], r["ratio"],
+              float("nan"), float("nan"), None, None, 1000 * tokens / r["rnnlab_tokens_per_s"],
+              1000 * tokens / r["torch_tokens_per_s"])
+    return [row, Row(**{**asdict(row), "backward": "best"})]
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The README's speed table from stored rows (`--json`): per workload, each rnnlab path's ratio to torch.nn."""
     lines = ["| workload | H | torch.nn tokens/s | compiled (manual) | python (manual) | autograd | best | "
@@ -414,8 +438,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64, help="sentences per step (default 64)")
     p.add_argument("--length", type=int, default=32, help="time steps per sentence (default 32)")
     p.add_argument("--vocab", type=int, default=5000, help="vocabulary size (default 5000)")
-    p.add_argument("--no-lm", dest="lm", action="store_false",
-                   help="skip the language-model row (2 x LSTM 256, vocabulary 65, seq-len 100, batch 64)")
+    p.add_argument("--no-lm-workload", dest="lm_workload", action="store_false",
+                   help="skip the language-model workload row, lm-lstmx2 (2 x LSTM 256, vocabulary 65, seq-len "
+                        "100, batch 64, SGD, random characters)")
+    p.add_argument("--lm", action="store_true",
+                   help="also the Shakespeare language model's own training step as row lm-lstm2 (embedding 64, "
+                        "dropout, Adam; benchmarks/bench_lm.py of a source checkout)")
     p.add_argument("--steps", type=int, default=10, help="steps per timed repeat (default 10)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per variant, interleaved (default 5)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default 3)")
@@ -449,7 +477,7 @@ def run(args) -> list[Row]:
         args.hidden, args.batch, args.length, args.vocab = [8], 4, 5, 50
         args.steps, args.repeats, args.warmup, args.memory = 2, 1, 1, False
     workloads = [Workload(cell, H, args.batch, args.length, args.vocab) for cell in args.cells for H in args.hidden]
-    if args.lm:
+    if args.lm_workload:
         size = dict(batch=3, length=6, hidden=8) if args.tiny else dict(batch=64, length=100, hidden=256)
         workloads.append(Workload("lstm", vocab=65, layers=2, lm=True, **size))
     variants = variants_here(device)
@@ -466,6 +494,8 @@ def run(args) -> list[Row]:
             best = rows[-1]
             progress.write(f"  {w.name} H={w.hidden}: ratio {best.ratio:.2f} ({best.engine}), "
                            f"{best.pct_of_limit:.0f}% of limit", file=sys.stdout)
+    if args.lm:
+        rows += lm_rows(args.steps, args.repeats, args.tiny)
     print()
     print_table(rows)
     if args.json:

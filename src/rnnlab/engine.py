@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-ENGINES = ("auto", "python", "compiled")
+from rnnlab.choices import ENGINES  # "auto", "python", "compiled"
+
 SOURCE = Path(__file__).resolve().parent / "csrc" / "loop.cpp"
 _FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"], "AVX2": ["-mavx2", "-mfma"]}
 

@@ -49,12 +49,12 @@ import contextlib
 
 import torch
 
+from rnnlab import choices, gemm
 from rnnlab import engine as engines
-from rnnlab import gemm
 from rnnlab.cells import Buffers, Cell, State, make_cell
 from rnnlab.gemm import linear
 
-BACKWARDS = ("autograd", "manual")
+BACKWARDS = choices.BACKWARDS
 
 
 def _mask(lengths: torch.Tensor | None, T: int, B: int, device) -> torch.Tensor | None:
