@@ -41,3 +41,14 @@ def require_compiled() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"the compiled time loop did not build under CI: {e}")
         pytest.skip(f"the compiled time loop is not available here: {e}")
+
+
+def pytest_sessionstart(session) -> None:
+    """Build the compiled time loop once before any test runs (a no-op when it is cached), so that tests
+    running `rnnlab` in a subprocess find it built and its one-time "compiling" line never reaches them."""
+    from rnnlab import engine
+
+    try:
+        engine.load()
+    except RuntimeError:
+        pass  # no compiler here: engine="auto" falls back to Python (require_compiled skips, or fails under CI)
