@@ -146,13 +146,14 @@ class LanguageModel:
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, *, layers: int = 1, cell: str = "lstm", phi: str = "tanh",
-                 embed_dim: int = 64, backward: str = "manual", seed: int | None = None, dtype=torch.float32,
-                 device=None):
+                 embed_dim: int = 64, backward: str = "manual", engine: str | None = None, seed: int | None = None,
+                 dtype=torch.float32, device=None):
         if vocab_size < 1 or hidden_size < 1 or layers < 1 or embed_dim < 1:
             raise ValueError("need vocab_size, hidden_size, layers and embed_dim >= 1")
         g = torch.Generator(device=device or "cpu")
         g.manual_seed(seed) if seed is not None else g.seed()
         self.vocab_size, self.hidden_size, self.backward = vocab_size, hidden_size, backward
+        self.engine = engine  # who runs backward="manual"'s time loop (rnnlab.engine); None: RNNLAB_ENGINE or auto
         self.E = torch.randn(vocab_size, embed_dim, generator=g, dtype=dtype, device=device).requires_grad_()
         self.cells: list[Cell] = [make_cell(cell, embed_dim if layer == 0 else hidden_size, hidden_size, phi=phi,
                                             generator=g, dtype=dtype, device=device) for layer in range(layers)]
@@ -195,7 +196,7 @@ class LanguageModel:
         assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
         x = F.embedding(ids.t(), self.E)  # x_t = E[id_t], time-major   (T, B, D)
         out, finals = unroll_layers(self.cells, x, states, None, backward or self.backward,
-                                    dropout_between=dropout, batch_first=False)  # top layer's s_t   (T, B, H)
+                                    dropout_between=dropout, batch_first=False, engine=self.engine)  # top s_t (T, B, H)
         if dropout is not None:
             out = _dropout(out, *dropout)  # the top layer's outputs too, as torch-rnn does
         T, B, H = out.shape
@@ -205,8 +206,8 @@ class LanguageModel:
 
 def make_model(config: Config, vocab_size: int) -> LanguageModel:
     return LanguageModel(vocab_size, config.hidden, layers=config.layers, cell=config.cell, phi=config.phi,
-                         embed_dim=config.embed_dim, backward=config.backward, seed=config.seed,
-                         device=config.device)
+                         embed_dim=config.embed_dim, backward=config.backward, engine=config.engine,
+                         seed=config.seed, device=config.device)
 
 
 def detach(states: list) -> list:
