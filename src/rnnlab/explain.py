@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from rnnlab.errors import UserError
 from rnnlab.model import Classifier
@@ -61,9 +60,7 @@ def trace(model: Classifier, ids: list[int], tokens: list[str], label_names: lis
     assert len(ids) == len(tokens), "one id per token"
     if not tokens:
         raise UserError(f"sentence {text!r} has no words; give each sentence at least one word")
-    x = torch.tensor([ids], device=model.W_out.device).t()  # (T, 1), time-major
-    if model.E is not None:
-        x = F.embedding(x, model.E)  # (T, 1, D)
+    x = model.inputs(torch.tensor([ids], device=model.W_out.device))  # (T, 1) ids or (T, 1, D), time-major
     for cell in model.cells:  # layer l reads the states s^{l-1}_1..s^{l-1}_T of the layer below
         buf = manual_forward(cell, x)
         x = buf.h[1:]  # (T, 1, H)

@@ -104,13 +104,18 @@ class Classifier:
                 p.copy_(state[n])
 
     # -- forward --------------------------------------------------------------------------------------
+    def inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        """x_t for every step of ids (B, T), time-major as the loop runs (no transposed copies later): the ids
+        themselves (T, B), since one-hot(id) U == U[:, id] is a column lookup; or the embeddings E[id] (T, B, D)."""
+        assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
+        ids = ids.t()  # (T, B)
+        return ids if self.E is None else F.embedding(ids, self.E)
+
     def states(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, backward: str | None = None,
                dropout: tuple[float, torch.Generator] | None = None):
         """The top layer's states: outputs (T, B, H) (zero past each length) and its final state tuple.
         With dropout = (p, generator), the embeddings and each layer's outputs but the top's are dropped."""
-        assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
-        ids = ids.t()  # time-major (T, B), the order the loop runs in: no transposed copies later
-        x = ids if self.E is None else F.embedding(ids, self.E)  # one-hot(id) U == U[:, id];  or E[id]  (T, B, D)
+        x = self.inputs(ids)
         if dropout is not None and self.E is not None:
             x = _dropout(x, *dropout)
         out, finals = unroll_layers(self.cells, x, None, lengths, backward or self.backward, dropout_between=dropout,

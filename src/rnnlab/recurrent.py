@@ -292,6 +292,27 @@ def compiled_bptt(cell: Cell, saved: dict, dh: torch.Tensor, dc: torch.Tensor | 
     return Buffers(h=h, dp=P, dgh_n=ghn), d0  # ghn now holds dgh_n = dn * r
 
 
+def backward_through_time(cell: Cell, buf: Buffers, dh_T: torch.Tensor | None, dc_T: torch.Tensor | None = None, *,
+                          d_out: torch.Tensor | None = None, mask: torch.Tensor | None = None, on_step=None,
+                          W: torch.Tensor | None = None, reuse: bool = True) -> State:
+    """The Python engine's hand BPTT, from the buffers of `manual_forward` after `cell.local_derivatives(buf)`:
+    the one entry into it, for `_ManualBPTT.backward` and for `rnnlab gradflow`, which watches it.
+
+    dh_T = dL/ds_T and dc_T = dL/dc_T (LSTM) arrive at the final state (None: zero); d_out, mask and
+    on_step are `bptt`'s. Returns dL/ds_0 (and dL/dc_0), and leaves dp_t (and dgh_t) in buf for the
+    weight gradients. W is the forward's weight as saved with it (default: the cell's). With `reuse`,
+    dp is written over the saved local derivatives (one backward per forward)."""
+    T, B, H = buf.h.shape[0] - 1, buf.h.shape[1], buf.h.shape[2]
+    cell.scratch(buf, T, B, cell.W if W is None else W, reuse=reuse)
+    dh = dh_T.clone() if dh_T is not None else buf.h.new_zeros(B, H)  # bptt overwrites its dh
+    if cell.n_states == 2 and dc_T is not None:
+        buf.dc.copy_(dc_T)
+    elif cell.n_states == 2:
+        buf.dc.zero_()
+    dh = bptt(cell, buf, dh, d_out, mask, on_step)  # dL/ds_0, and dp_t, dgh_t for every t in buf
+    return (dh, buf.dc.clone()) if cell.n_states == 2 else (dh,)
+
+
 class _ManualBPTT(torch.autograd.Function):
     """Forward without autograd into preallocated buffers; backward is the hand-derived BPTT. `engine`
     ("python" or "compiled", resolved by `rnnlab.engine.resolve`) says who runs the time loop."""
@@ -348,15 +369,7 @@ class _ManualBPTT(torch.autograd.Function):
         else:
             buf = Buffers(**dict(zip(cell.saved, saved)))
             T, B, H = buf.h.shape[0] - 1, buf.h.shape[1], buf.h.shape[2]
-            cell.scratch(buf, T, B, W, reuse=ctx.reuse)
-            # gradients arriving at the final state; zeros where the caller did not use it
-            dh = d_final[0].clone() if d_final[0] is not None else buf.h.new_zeros(B, H)
-            if cell.n_states == 2 and d_final[1] is not None:
-                buf.dc.copy_(d_final[1])
-            elif cell.n_states == 2:
-                buf.dc.zero_()
-            dh = bptt(cell, buf, dh, d_out, mask)  # dL/ds_0, and dp_t, dgh_t for every t in buf
-            d_state0 = (dh, buf.dc.clone()) if cell.n_states == 2 else (dh,)
+            d_state0 = backward_through_time(cell, buf, *d_final, d_out=d_out, mask=mask, W=W, reuse=ctx.reuse)
         GH = cell.n_gates * H
         # weight gradients: one matmul each over all steps
         dp = buf.dp.view(-1, GH)
