@@ -476,7 +476,9 @@ def cmd_explain(args) -> int:
     if args.checkpoint and _is_lm(args.checkpoint):
         return _explain_lm(args)
     if args.lab:
-        model, traces = explain.explain_lab(_texts(args.texts) or None)
+        from rnnlab.lab import explain_lab
+
+        model, traces = explain_lab(_texts(args.texts) or None)
     else:
         model, traces = explain.explain_checkpoint(args.checkpoint, _sentences(args.texts))
     if args.json:

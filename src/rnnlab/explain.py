@@ -91,21 +91,6 @@ def explain_checkpoint(path, texts: list[str]) -> tuple[Classifier, list[Trace]]
     return model, explain_texts(model, vocab, texts, label_names, config.lowercase)
 
 
-def explain_lab(texts: list[str] | None = None) -> tuple[Classifier, list[Trace]]:
-    """(model, traces) with the lab handout's model, trained here as `rnnlab lab` trains it (about a second).
-    The lab's words are split on spaces and kept case-sensitive; default: the handout's two test sentences."""
-    from rnnlab import lab
-    from rnnlab.config import Config
-
-    sentences = [t.split() for t in texts] if texts else [list(s) for s in lab.TEST_SENTENCES]
-    for i, words in enumerate(sentences, start=1):  # check the words before the second of training
-        if not words:
-            raise UserError(f"sentence {i} is empty; give it some of the lab's words, e.g. \"The movie is good\"")
-        lab.sentence_ids(words, where=f"sentence {i}")
-    model, _ = lab.train_lab_model(Config.lab(), log=lambda _: None)
-    return model, lab.traces(model, sentences)
-
-
 def write(model: Classifier, traces: list[Trace], out_dir) -> list:
     """explain.json (every number of the traces) and trajectory.png in `out_dir`; their paths."""
     import json
