@@ -43,6 +43,7 @@ from rnnlab.cells import Cell, make_cell
 from rnnlab.config import Config
 from rnnlab.data import Vocab, tokenize
 from rnnlab.errors import UserError
+from rnnlab.model import Parameters
 from rnnlab.recurrent import dropout as _dropout
 from rnnlab.recurrent import unroll_layers
 from rnnlab.train import fit, open_run, reload_best, step_generator, write_history
@@ -137,7 +138,7 @@ def _word_piece(word: str, before: str) -> str:
 
 
 # -- the model ----------------------------------------------------------------------------------------------
-class LanguageModel:
+class LanguageModel(Parameters):
     """ids (B, T) and the layers' states -> logits (T, B, V) of the next token, and the final states.
 
     E ~ N(0, 1) as torch.nn.Embedding; each cell initialises itself (Uniform(+-1/sqrt(H))); W_out, b_out
@@ -169,25 +170,6 @@ class LanguageModel:
             params.update({f"{n}_l{layer}": p for n, p in zip(cell.param_names, cell.parameters()) if p is not None})
         params["W_out"], params["b_out"] = self.W_out, self.b_out
         return params
-
-    def parameters(self) -> list[torch.Tensor]:
-        return list(self.named_parameters().values())
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named_parameters().items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        mine = self.named_parameters()
-        if set(state) != set(mine):
-            raise KeyError(f"parameter names differ: expected {sorted(mine)}, got {sorted(state)}")
-        with torch.no_grad():
-            for n, p in mine.items():
-                if state[n].shape != p.shape:
-                    raise ValueError(f"{n}: expected shape {tuple(p.shape)}, got {tuple(state[n].shape)}")
-                p.copy_(state[n])
 
     def __call__(self, ids: torch.Tensor, states: list | None = None, dropout: tuple[float, torch.Generator] | None
                  = None, backward: str | None = None) -> tuple[torch.Tensor, list]:

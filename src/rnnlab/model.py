@@ -30,7 +30,34 @@ from rnnlab.recurrent import dropout as _dropout
 from rnnlab.recurrent import unroll_layers
 
 
-class Classifier:
+class Parameters:
+    """What a model does with its leaf tensors, given `named_parameters()` (name -> tensor, in a fixed order):
+    the list the optimiser steps, their count, and the plain copies a checkpoint holds."""
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.named_parameters().values())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.named_parameters().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        mine = self.named_parameters()
+        if set(state) != set(mine):
+            raise KeyError(f"parameter names differ: expected {sorted(mine)}, got {sorted(state)}")
+        with torch.no_grad():
+            for n, p in mine.items():
+                if state[n].shape != p.shape:
+                    raise ValueError(f"{n}: expected shape {tuple(p.shape)}, got {tuple(state[n].shape)}")
+                p.copy_(state[n])
+
+
+class Classifier(Parameters):
     """ids (B, T) with lengths (B,) -> logits (B, C), through `layers` stacked cells.
 
     W_out, b_out ~ Uniform(-1/sqrt(H), 1/sqrt(H)) (torch.nn.Linear's default, fan-in H); the cell
@@ -83,25 +110,6 @@ class Classifier:
             params["E"] = self.E
         params["W_out"], params["b_out"] = self.W_out, self.b_out
         return params
-
-    def parameters(self) -> list[torch.Tensor]:
-        return list(self.named_parameters().values())
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named_parameters().items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        mine = self.named_parameters()
-        if set(state) != set(mine):
-            raise KeyError(f"parameter names differ: expected {sorted(mine)}, got {sorted(state)}")
-        with torch.no_grad():
-            for n, p in mine.items():
-                if state[n].shape != p.shape:
-                    raise ValueError(f"{n}: expected shape {tuple(p.shape)}, got {tuple(state[n].shape)}")
-                p.copy_(state[n])
 
     # -- forward --------------------------------------------------------------------------------------
     def inputs(self, ids: torch.Tensor) -> torch.Tensor:
