@@ -32,6 +32,28 @@ def test_transposed_operands_need_a_larger_product_for_onednn():
     assert contiguous == gemm._onednn_works()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", [3, 700])  # below and above MIN_MACS (with N = 96, K = 80: 5.4M at 700)
+def test_weight_grad_equals_the_sum_over_rows(rows, dtype):
+    g = torch.Generator().manual_seed(2)
+    dy, x = torch.randn(rows, 96, generator=g, dtype=dtype), torch.randn(rows, 80, generator=g, dtype=dtype)
+    assert (rows * 96 * 80 >= gemm.MIN_MACS) == (rows == 700)
+    with torch.no_grad():
+        dw = gemm.weight_grad(dy, x)
+        dw_b, db = gemm.weight_grad(dy, x, bias=True)
+    ref = dy.double().t() @ x.double()  # sum_r dy_r x_r^T
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for got in (dw, dw_b):
+        assert got.shape == (96, 80) and got.dtype == dtype and got.is_contiguous()
+        torch.testing.assert_close(got.double(), ref, **tol)
+    torch.testing.assert_close(db.double(), dy.double().sum(0), **tol)
+
+
+def test_weight_grad_takes_onednn_where_it_works():
+    """The float32 backward-weights kernel is checked once; where oneDNN works here, so does it."""
+    assert gemm._onednn_bw_works() == gemm._onednn_works()
+
+
 @pytest.mark.parametrize("M", [2, 64])  # below and above the threshold
 def test_accumulator_and_multiplier(M):
     g = torch.Generator().manual_seed(1)

@@ -51,7 +51,7 @@ from types import SimpleNamespace
 import torch
 
 from rnnlab import choices, gemm
-from rnnlab.gemm import linear
+from rnnlab.gemm import linear, weight_grad
 
 State = tuple[torch.Tensor, ...]  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
 Grads = tuple[dict[str, torch.Tensor | None], torch.Tensor, State]  # what reference_backward returns
@@ -146,7 +146,7 @@ class Cell:
     def weight_grads(self, buf: Buffers, h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
         """dW = sum_t dgh_t^T s_{t-1} in one matmul; h_prev is s_0..s_{T-1} as (T*B, H). For RNN and
         LSTM dgh_t = dp_t."""
-        return {"W": linear(buf.dp.view(-1, buf.dp.shape[-1]).t(), h_prev.t())}
+        return {"W": weight_grad(buf.dp.view(-1, buf.dp.shape[-1]), h_prev)}
 
     def activations(self, buf: Buffers) -> dict[str, torch.Tensor]:
         """The gate activations of a manual forward, by name, each (T, B, H): read them after the time

@@ -52,7 +52,7 @@ import torch
 from rnnlab import choices, gemm
 from rnnlab import engine as engines
 from rnnlab.cells import Buffers, Cell, State, make_cell
-from rnnlab.gemm import linear
+from rnnlab.gemm import linear, weight_grad
 
 BACKWARDS = choices.BACKWARDS
 
@@ -380,10 +380,13 @@ class _ManualBPTT(torch.autograd.Function):
             grads["U"] = dU_t.t()
         else:
             x2d = x.reshape(T * B, x.shape[-1])  # time-major like dp
-            grads["U"] = linear(dp.t(), x2d.t())  # dU = sum_t dp_t^T x_t
+            if cell.b is not None:  # dU = sum_t dp_t^T x_t and db = sum_t dp_t, in one pass
+                grads["U"], grads["b"] = weight_grad(dp, x2d, bias=True)
+            else:
+                grads["U"] = weight_grad(dp, x2d)  # dU = sum_t dp_t^T x_t
             if ctx.needs_input_grad[1]:
                 dx = linear(dp, U.t().contiguous()).view(T, B, -1)  # dx_t = U^T dp_t, time-major like x
-        if cell.b is not None:
+        if cell.b is not None and "b" not in grads:
             grads["b"] = dp.sum(dim=0)  # db = sum_t dp_t
         d_params = [grads.get(n) if p is not None else None for n, p in zip(cell.param_names, cell.parameters())]
         ctx.done = True
