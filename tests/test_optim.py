@@ -127,6 +127,28 @@ def test_adam_matches_torch(shapes, seed, lr, beta1, beta2, eps, weight_decay):
     check_against_torch(Adam, torch.optim.Adam, hyper, shapes, seed)
 
 
+@settings(max_examples=12, deadline=None)
+@given(shapes=shapes_st, seed=seeds, lr=log_uniform(1e-3, 1.0))
+def test_plain_sgd_fused_path_equals_the_loop_and_torch(shapes, seed, lr):
+    """SGD's fused fast path (one foreach update) against its plain loop (fused=False) and torch.optim."""
+    check_against_torch(lambda ps, **h: SGD(ps, **h, fused=True), lambda ps, **h: SGD(ps, **h, fused=False),
+                        dict(lr=lr), shapes, seed)
+    check_against_torch(lambda ps, **h: SGD(ps, **h, fused=False), torch.optim.SGD, dict(lr=lr), shapes, seed)
+
+
+def test_sgd_fused_path_runs_only_for_the_plain_rule(monkeypatch):
+    calls = []
+    real = torch._foreach_add_
+    monkeypatch.setattr(torch, "_foreach_add_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    p = torch.zeros(3, requires_grad=True)
+    p.grad = torch.ones(3)
+    SGD([p], lr=0.5).step()
+    assert calls == [1] and torch.equal(p.detach(), torch.full((3,), -0.5))
+    SGD([p], lr=0.5, momentum=0.9).step()
+    SGD([p], lr=0.5, fused=False).step()
+    assert calls == [1]
+
+
 @settings(max_examples=20, deadline=None)
 @given(shapes=shapes_st, seed=seeds, lr=log_uniform(1e-3, 10.0))
 def test_plain_sgd_is_p_minus_lr_grad(shapes, seed, lr):
@@ -136,9 +158,14 @@ def test_plain_sgd_is_p_minus_lr_grad(shapes, seed, lr):
     grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
-    SGD(params, lr).step()
-    for p, p0, g in zip(params, before, grads, strict=True):
-        assert torch.equal(p.detach(), p0 - lr * g)  # exactly: the same two float operations
+    fused = [p.detach().clone().requires_grad_() for p in params]
+    for p, g in zip(fused, grads, strict=True):
+        p.grad = g.clone()
+    SGD(params, lr, fused=False).step()
+    SGD(fused, lr).step()
+    for p, q, p0, g in zip(params, fused, before, grads, strict=True):
+        assert torch.equal(p.detach(), p0 - lr * g)  # the loop exactly: the same two float operations
+        torch.testing.assert_close(q.detach(), p0 - lr * g, rtol=1e-12, atol=1e-12)  # fused: one rounding fewer
 
 
 def test_zero_grad_zeroes_in_place_and_leaves_none_alone():

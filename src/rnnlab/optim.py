@@ -140,6 +140,13 @@ class SGD(Optimizer):
 
     With no momentum and no weight decay this is just p <- p - lr * g. Same rule as torch.optim.SGD
     with its defaults dampening = 0 and nesterov = False.
+
+    `fused=True` (the default) takes a fast path for that plain rule: one `torch._foreach_add_` call
+    updates every parameter in place (torch.optim.SGD's own foreach kernel), instead of a loop that
+    makes the temporary lr * g for each parameter and then subtracts it (about 2x faster on a 5,000-row
+    embedding here). Same maths; it rounds p + (-lr) g once where the loop rounds lr * g first, so the
+    two agree to round-off (tests/test_optim.py checks both against each other and torch.optim).
+    Momentum or weight decay always take the loop below.
     """
 
     def __init__(
@@ -148,16 +155,26 @@ class SGD(Optimizer):
         lr: float,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        fused: bool = True,
     ):
         super().__init__(params, lr)
         _check(0.0 <= momentum, f"invalid momentum: {momentum}; it must be >= 0")
         _check(0.0 <= weight_decay, f"invalid weight decay: {weight_decay}; it must be >= 0")
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.fused = fused
 
     @torch.no_grad()
     def step(self) -> None:
         mu = self.momentum
+        if self.fused and mu == 0 and self.weight_decay == 0:
+            # the fast path: p <- p - lr * g for every parameter with a gradient, in one call
+            with_grads = [(p, g) for p, g, _ in self._with_grads()]
+            if with_grads:
+                params, grads = zip(*with_grads, strict=True)
+                torch._foreach_add_(list(params), list(grads), alpha=-self.lr)
+            self.step_count += 1
+            return
         for p, g, state in self._with_grads():
             # g <- g + lambda * p
             if self.weight_decay != 0:
