@@ -49,6 +49,21 @@ def test_weight_grad_equals_the_sum_over_rows(rows, dtype):
     torch.testing.assert_close(db.double(), dy.double().sum(0), **tol)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_weight_grads_of_several_inputs_share_dy(bias):
+    """dW = dp^T s and dU = dp^T x from one dp (converted for oneDNN once), against float64."""
+    g = torch.Generator().manual_seed(3)
+    dy, s, x = (torch.randn(700, n, generator=g) for n in (96, 80, 72))
+    with torch.no_grad():
+        (dw, du), db = gemm.weight_grads(dy, [s, x], bias=bias)
+    for got, inp in ((dw, s), (du, x)):
+        torch.testing.assert_close(got.double(), dy.double().t() @ inp.double(), rtol=1e-5, atol=1e-4)
+    if bias:
+        torch.testing.assert_close(db.double(), dy.double().sum(0), rtol=1e-5, atol=1e-4)
+    else:
+        assert db is None
+
+
 def test_weight_grad_takes_onednn_where_it_works():
     """The float32 backward-weights kernel is checked once; where oneDNN works here, so does it."""
     assert gemm._onednn_bw_works() == gemm._onednn_works()

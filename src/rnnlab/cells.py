@@ -51,7 +51,7 @@ from types import SimpleNamespace
 import torch
 
 from rnnlab import choices, gemm
-from rnnlab.gemm import linear, weight_grad
+from rnnlab.gemm import linear, weight_grad, weight_grads
 
 State = tuple[torch.Tensor, ...]  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
 Grads = tuple[dict[str, torch.Tensor | None], torch.Tensor, State]  # what reference_backward returns
@@ -143,10 +143,16 @@ class Cell:
         buf.W_T_dp = gemm.multiplier(W.detach().t().contiguous(), B)  # W_T_dp(out, dp) = W^T dp
         return buf
 
-    def weight_grads(self, buf: Buffers, h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
+    def weight_grads(self, buf: Buffers, h_prev: torch.Tensor,
+                     x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """dW = sum_t dgh_t^T s_{t-1} in one matmul; h_prev is s_0..s_{T-1} as (T*B, H). For RNN and
-        LSTM dgh_t = dp_t."""
-        return {"W": weight_grad(buf.dp.view(-1, buf.dp.shape[-1]), h_prev)}
+        LSTM dgh_t = dp_t. Given the inputs x_t as vectors, x (T*B, E), also dU = sum_t dp_t^T x_t and
+        db = sum_t dp_t, from the same pass over dp (`gemm.weight_grads`)."""
+        dp = buf.dp.view(-1, buf.dp.shape[-1])
+        if x is None:
+            return {"W": weight_grad(dp, h_prev)}
+        (dW, dU), db = weight_grads(dp, [h_prev, x], bias=self.b is not None)
+        return {"W": dW, "U": dU} if db is None else {"W": dW, "U": dU, "b": db}
 
     def activations(self, buf: Buffers) -> dict[str, torch.Tensor]:
         """The gate activations of a manual forward, by name, each (T, B, H): read them after the time
@@ -522,12 +528,18 @@ class GRUCell(Cell):
         buf.dh_prev = buf.W_T_rz(buf.dh_prev, dp[:, : 2 * H])  # W_rz^T [da_r, da_z]
         buf.add_W_T_n(buf.dh_prev, dgh_n).addcmul_(dh, z)  # dh_{t-1} = W^T dgh + dh z
 
-    def weight_grads(self, buf: Buffers, h_prev: torch.Tensor) -> dict[str, torch.Tensor]:
+    def weight_grads(self, buf: Buffers, h_prev: torch.Tensor,
+                     x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         H = self.hidden_size
         dp_rz = buf.dp.view(-1, 3 * H)[:, : 2 * H]
         dgh_n = buf.dgh_n.view(-1, H)  # (T*B, H), rows 2H apart: the r half of rz
         dW = torch.cat((linear(dp_rz.t(), h_prev.t()), linear(dgh_n.t(), h_prev.t())))  # dgh^T s_{t-1}
-        return {"W": dW, "b_hn": dgh_n.sum(dim=0)}  # b_hn enters with W_n s_{t-1}
+        grads = {"W": dW, "b_hn": dgh_n.sum(dim=0)}  # b_hn enters with W_n s_{t-1}
+        if x is not None:  # dU = sum_t dp_t^T x_t, db = sum_t dp_t
+            (grads["U"],), db = weight_grads(buf.dp.view(-1, 3 * H), [x], bias=self.b is not None)
+            if db is not None:
+                grads["b"] = db
+        return grads
 
 
 CELLS = dict(zip(choices.CELLS, (RNNCell, LSTMCell, GRUCell)))  # the names of choices.py, in order

@@ -77,33 +77,52 @@ def _onednn_bw_works() -> bool:
     return _onednn_bw_ok
 
 
-def _onednn_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _onednn_weight_grads(dy: torch.Tensor, xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
     # oneDNN's inner-product backward-weights primitive (what nn.Linear's oneDNN path runs) reads dy and x
     # as they are, row-major: the reduction over their rows needs no transposed copy, and it sums dy's
-    # rows in the same pass. Its operands must be oneDNN tensors: a plain copy each (memcpy speed).
-    dw, db = torch.ops.aten.mkldnn_linear_backward_weights(dy.to_mkldnn(), x.to_mkldnn(), _EMPTY, True)
-    return dw.to_dense(), db.to_dense()
+    # rows in the same pass. Its operands must be oneDNN tensors: a plain copy each, dy's made once.
+    dy_dnn = dy.to_mkldnn()
+    dws, db = [], None
+    for x in xs:
+        dw, b = torch.ops.aten.mkldnn_linear_backward_weights(dy_dnn, x.to_mkldnn(), _EMPTY, db is None)
+        dws.append(dw.to_dense())
+        db = b.to_dense() if db is None else db
+    return dws, db
+
+
+def _onednn_weight_grad(dy: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    (dw,), db = _onednn_weight_grads(dy, [x])
+    return dw, db
 
 
 _EMPTY = torch.empty(0)  # the op's unused `weight` argument
 
 
-def weight_grad(dy: torch.Tensor, x: torch.Tensor, bias: bool = False):
-    """dy^T @ x = sum_r dy_r x_r^T, and (bias=True) also sum_r dy_r: a layer's weight (and bias) gradient
-    from its output gradients dy (M, N) and inputs x (M, K), M rows each (all steps of all sequences).
+def weight_grads(dy: torch.Tensor, xs: list[torch.Tensor], bias: bool = False):
+    """[dy^T @ x for x in xs] = [sum_r dy_r x_r^T, ...], and sum_r dy_r (bias=True; else None): weight (and
+    bias) gradients from output gradients dy (M, N) and inputs x (M, K), M rows each (all steps of all
+    sequences), e.g. the recurrent layer's dW = dp^T s and dU = dp^T x from the same dp.
 
-    Returns dW (N, K), or (dW, db) with bias=True. Float32 CPU products of at least MIN_MACS go to
-    oneDNN's backward-weights kernel, which reads both operands row-major: `linear(dy.t(), x.t())`
-    would copy both transposed first (measured here, B*T = 2048, 4 gates: 11% faster at H = 32, 17% at
-    H = 128, 20% at H = 512; 36% for the language model's 6400 rows at H = 256). Else torch's matmul.
+    Float32 CPU products of at least MIN_MACS go to oneDNN's backward-weights kernel, which reads both
+    operands row-major, where `linear(dy.t(), x.t())` would copy both transposed first (measured here,
+    B*T = 2048, 4 gates: 11% faster at H = 32, 17% at H = 128, 20% at H = 512; 36% for the language
+    model's 6400 rows at H = 256), and converts dy for it once for all xs. Else torch's matmul.
     """
-    big = dy.shape[0] * dy.shape[1] * x.shape[1] >= MIN_MACS
-    if (big and dy.dtype == x.dtype == torch.float32 and dy.device.type == "cpu" and dy.is_contiguous()
-            and x.is_contiguous() and not torch.is_grad_enabled() and _onednn_bw_works()):
-        dw, db = _onednn_weight_grad(dy, x)
-        return (dw, db) if bias else dw
-    dw = linear(dy.t(), x.t())
-    return (dw, dy.sum(dim=0)) if bias else dw
+    def onednn(x: torch.Tensor) -> bool:
+        return (dy.shape[0] * dy.shape[1] * x.shape[1] >= MIN_MACS and dy.dtype == x.dtype == torch.float32
+                and x.device.type == "cpu" and x.is_contiguous())
+
+    if (xs and dy.device.type == "cpu" and dy.is_contiguous() and not torch.is_grad_enabled()
+            and all(onednn(x) for x in xs) and _onednn_bw_works()):
+        dws, db = _onednn_weight_grads(dy, xs)
+        return dws, (db if bias else None)
+    return [linear(dy.t(), x.t()) for x in xs], (dy.sum(dim=0) if bias else None)
+
+
+def weight_grad(dy: torch.Tensor, x: torch.Tensor, bias: bool = False):
+    """dy^T @ x, or (dy^T @ x, sum_r dy_r) with bias=True: `weight_grads` for one input."""
+    (dw,), db = weight_grads(dy, [x], bias)
+    return (dw, db) if bias else dw
 
 
 def accumulator(weight: torch.Tensor, rows: int):

@@ -52,7 +52,7 @@ import torch
 from rnnlab import choices, gemm
 from rnnlab import engine as engines
 from rnnlab.cells import Buffers, Cell, State, make_cell
-from rnnlab.gemm import linear, weight_grad
+from rnnlab.gemm import linear
 
 BACKWARDS = choices.BACKWARDS
 
@@ -373,17 +373,15 @@ class _ManualBPTT(torch.autograd.Function):
         GH = cell.n_gates * H
         # weight gradients: one matmul each over all steps
         dp = buf.dp.view(-1, GH)
-        grads = cell.weight_grads(buf, buf.h[:-1].reshape(-1, H))  # dW = sum_t dgh_t^T s_{t-1}
+        ids = x.dtype in (torch.int64, torch.int32)
+        x2d = None if ids else x.reshape(T * B, x.shape[-1])  # time-major like dp
+        # dW = sum_t dgh_t^T s_{t-1}; from vector inputs also dU = sum_t dp_t^T x_t and db = sum_t dp_t
+        grads = cell.weight_grads(buf, buf.h[:-1].reshape(-1, H), x2d)
         dx = None
-        if x.dtype in (torch.int64, torch.int32):  # dU[:, id] += dp_t for each token id
+        if ids:  # dU[:, id] += dp_t for each token id
             dU_t = dp.new_zeros(cell.input_size, GH).index_add_(0, x.reshape(-1), dp)
             grads["U"] = dU_t.t()
         else:
-            x2d = x.reshape(T * B, x.shape[-1])  # time-major like dp
-            if cell.b is not None:  # dU = sum_t dp_t^T x_t and db = sum_t dp_t, in one pass
-                grads["U"], grads["b"] = weight_grad(dp, x2d, bias=True)
-            else:
-                grads["U"] = weight_grad(dp, x2d)  # dU = sum_t dp_t^T x_t
             if ctx.needs_input_grad[1]:
                 dx = linear(dp, U.t().contiguous()).view(T, B, -1)  # dx_t = U^T dp_t, time-major like x
         if cell.b is not None and "b" not in grads:
