@@ -46,10 +46,9 @@ from rnnlab.errors import UserError
 from rnnlab.model import Parameters
 from rnnlab.recurrent import dropout as _dropout
 from rnnlab.recurrent import unroll_layers
-from rnnlab.train import fit, open_run, reload_best, step_generator, write_history
+from rnnlab.train import fit, open_run, planned_steps, reload_best, step_generator, write_history
 
 EOL = "<eol>"  # word level: the end of a line
-VAL_FRAC = 0.1  # without --val, this last fraction of the training file validates (nanoGPT's split)
 LN2 = math.log(2)
 
 
@@ -352,8 +351,8 @@ def load_splits(config: Config, data, val_data=None, test_data=None):
     val_text = read_text(val_data) if val_data else None
     test_text = read_text(test_data) if test_data else None
     toks = tokens(text, config.level, config.lowercase)
-    if val_text is None:  # the last 10% validates
-        cut = int(len(toks) * (1 - VAL_FRAC))
+    if val_text is None:  # the last --val-frac of the text validates (0.1 by default, nanoGPT's split)
+        cut = int(len(toks) * (1 - config.val_frac))
         train_toks, val_toks = toks[:cut], toks[cut:]
     else:
         train_toks, val_toks = toks, tokens(val_text, config.level, config.lowercase)
@@ -369,7 +368,8 @@ def load_splits(config: Config, data, val_data=None, test_data=None):
     _check_length(train_ids, config, "the training text", data)
     val_ids = ids(val_toks)
     if len(val_ids) < 2:
-        raise UserError("the validation text has fewer than 2 tokens; pass a longer --val or a longer --data",
+        raise UserError("the validation text has fewer than 2 tokens; pass a longer --val, a larger --val-frac or "
+                        "a longer --data",
                         path=val_data or data)
     test_ids = None
     if test_text is not None:
@@ -392,9 +392,9 @@ def train_lm(config: Config, data, out_dir, *, val_data=None, test_data=None, re
     task = LMTask(train_ids, val_ids, test_ids, vocab)
     model = make_model(config, len(vocab))
     chunks = ((len(train_ids) - 1) // config.batch_size) // config.seq_len  # as `streams` cuts
-    total = config.epochs * chunks if config.steps is None else min(config.steps, config.epochs * chunks)
     run = open_run(config, out_dir, model, {"vocab": vocab, "label_names": []}, resume=resume,
-                   fresh={"carry": None}, team=team, log=log, progress=progress, total_steps=total)
+                   fresh={"carry": None}, team=team, log=log, progress=progress,
+                   total_steps=planned_steps(config, chunks))
     run.log(f"{config.level} level  train {len(train_ids):,} tokens  val {len(val_ids):,}  test "
             f"{len(test_ids) if test_ids is not None else 0:,}  vocab {len(vocab)}  {config.layers} x {config.cell} "
             f"{config.hidden}  parameters {model.num_parameters():,}  {chunks} steps per epoch  -> {run.out}")

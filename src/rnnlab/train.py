@@ -118,6 +118,13 @@ class Run:
                (c.minutes is not None and self.seconds() >= 60 * c.minutes)
 
 
+def planned_steps(config: Config, steps_per_epoch: int) -> int:
+    """The optimiser steps a schedule plans for: --epochs' worth, or --steps if that is fewer (--minutes
+    cannot be known in advance: a run it stops ends before its schedule does)."""
+    total = config.epochs * steps_per_epoch
+    return total if config.steps is None else min(config.steps, total)
+
+
 def open_run(config: Config, out: Path, model, keys: dict, *, resume: bool, fresh: dict, team, log,
              progress: bool | None, total_steps: int) -> Run:
     """The optimiser and schedule for `model`, then resume from `out`/last.pt or start a new folder.
@@ -462,7 +469,7 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
                        device=config.device, engine=config.engine)
     steps_per_epoch = math.ceil(len(train_ds) / config.batch_size)
     run = open_run(config, out_dir, model, {"vocab": vocab, "label_names": label_names}, resume=resume, fresh={},
-                   team=team, log=log, progress=progress, total_steps=config.epochs * steps_per_epoch)
+                   team=team, log=log, progress=progress, total_steps=planned_steps(config, steps_per_epoch))
     run.log(f"train {len(train_ds)}  val {len(val_ds)}  test {len(test_ds) if test_ds else 0}  vocab {len(vocab)}  "
             f"classes {label_names}  parameters {model.num_parameters():,}  -> {run.out}")
     stopped_early = fit(run, task)
