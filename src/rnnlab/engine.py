@@ -97,7 +97,7 @@ def _build():
     from torch.utils import cpp_extension
 
     folder.mkdir(parents=True, exist_ok=True)
-    print("rnnlab: compiling the time loop (once, ~30 s) into " + str(folder), file=sys.stderr, flush=True)
+    print("rnnlab: compiling the time loop (once, under a minute) into " + str(folder), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     cap = _capability()
     flags = ["-O3", f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *_FLAGS.get(cap, [])]

@@ -8,7 +8,8 @@ The model, at every step t of a chunk (Karpathy's char-rnn, jcjohnson's torch-rn
     loss     = mean_t -log softmax(logits_t)[id_{t+1}]        cross-entropy on the next token, in nats
 
 Batching as char-rnn / torch-rnn do it: the N training tokens are cut into B parallel streams of
-N // B tokens (stream b is tokens b*L .. b*L + L - 1), and each stream is read in consecutive chunks
+L = (N - 1) // B inputs (stream b reads tokens b*L .. b*L + L - 1 and predicts b*L + 1 .. b*L + L, so
+its last token is a target only), and each stream is read in consecutive chunks
 of T = --seq-len tokens. The final state of one chunk is the initial state of the next, detached from
 the graph (truncated BPTT: context carries across chunks, gradients do not); states start at zero
 at each epoch. Dropout (--dropout p) drops the outputs of every layer before the next layer and
