@@ -411,19 +411,17 @@ def train_lm(config: Config, data, out_dir, *, val_data=None, test_data=None, re
 # -- using a trained model ----------------------------------------------------------------------------------
 def load(path) -> tuple[LanguageModel, Config, object]:
     """(model, config, vocab) of a language model's checkpoint (a run folder or a .pt file)."""
+    path = checkpoint.resolve(path)  # the file (and the notice, when a run folder has only last.pt) once
     ckpt = checkpoint.read(path)
-    try:
+    with checkpoint.contents(path):
         config = Config.from_dict(ckpt["config"])
         if config.task != "lm":
             raise UserError("this checkpoint is a classifier, not a language model; pass a run of "
-                            "`rnnlab train --task lm`", path=checkpoint.resolve(path))
+                            "`rnnlab train --task lm`", path=path)
         vocab = vocab_from_list(config.level, ckpt["vocab"])
         config.device = "cpu"
         model = make_model(config, len(vocab))
         model.load_state_dict(ckpt["weights"])
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
-        raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "
-                        "damaged, train again", path=checkpoint.resolve(path)) from None
     return model, config, vocab
 
 

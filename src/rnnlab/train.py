@@ -175,13 +175,10 @@ def _resume(run: Run) -> dict:
                         f"keep the run's config.json, or start a new --out", path=out / checkpoint.LAST)
     if any(ckpt.get(k) != (v.to_list() if hasattr(v, "to_list") else v) for k, v in run.keys.items()):
         raise UserError("cannot resume on different data; pass the same --data as the run", path=out / checkpoint.LAST)
-    try:
+    with checkpoint.contents(out / checkpoint.LAST):
         run.model.load_state_dict(ckpt["weights"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         state = dict(ckpt["progress"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "
-                        "damaged, train again", path=out / checkpoint.LAST) from None
     state["history"] = [dict(r) for r in state["history"]]
     if changed:
         state.pop("budget_spent", None)  # a bigger budget: fit() checks the new one
