@@ -102,14 +102,18 @@ def main() -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        log("lab ...")
-        lab = lab_figures(tmp)
-        log("UCI GRU ...")
-        uci = uci_figure(tmp)
-        log("gradient flow ...")
-        flow = gradflow_figure()
-        log("memory sweeps ...")
-        mem = memory_figure(tmp)
+
+        def part(name: str, make):  # run times are printed, never stored: a rerun must leave the files as they are
+            start = time.perf_counter()
+            log(f"{name} ...")
+            result = make()
+            log(f"{name}: {time.perf_counter() - start:.0f} s")
+            return result
+
+        lab = part("lab", lambda: lab_figures(tmp))
+        uci = part("UCI GRU", lambda: uci_figure(tmp))
+        flow = part("gradient flow", gradflow_figure)
+        mem = part("memory sweeps", lambda: memory_figure(tmp))
     numbers = json.loads(json.dumps({"lab": lab, "uci": uci, "flow": flow, "mem": mem}))  # as stored
     (FIGURES / "numbers.json").write_text(json.dumps(numbers, indent=1) + "\n")
     (DOCS / "questions.md").write_text(questions_md(**numbers), encoding="utf-8")  # tests/test_docs.py checks

@@ -32,3 +32,19 @@ def test_every_figure_the_page_shows_exists():
     for image in images:
         data = (DOCS / image).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", image
+
+
+def test_stored_numbers_hold_no_run_times():
+    """`make figures` on an unchanged tree rewrites these files byte for byte: no timing may sit in them."""
+    def keys(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(o, list):
+            for v in o:
+                yield from keys(v)
+
+    for name in ("numbers.json", "memory.json"):
+        found = [k for k in keys(json.loads((DOCS / "figures" / name).read_text())) if "second" in k or "time" in k]
+        assert not found, f"{name} stores {found}"
