@@ -272,7 +272,11 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
         test = evaluate_dataset(model, test_ds, vocab, config.lowercase, label_names)
         log(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  (best epoch by validation loss)")
     files = _write_records(out, history, test, label_names, plots)
-    files.append(_write_samples(out, test_ds if test_ds is not None and len(test_ds) else val_ds, label_names))
+    held_out = test_ds if test_ds is not None and len(test_ds) else val_ds
+    files.append(_write_samples(out, held_out, label_names, model, vocab, config.lowercase))
+    from rnnlab.report import write_data_record  # data.json: where each split came from, for the report
+
+    files.append(write_data_record(out, {"train": train_ds, "validation": val_ds, "test": test_ds}))
     files += [out / "config.json", out / checkpoint.BEST, out / checkpoint.LAST]
     if report:  # the HTML page that shows all of the above, with the samples' explain traces
         from rnnlab.report import write_report
@@ -363,9 +367,14 @@ def evaluate_dataset(model: Classifier, ds: Dataset, vocab: Vocab, lowercase: bo
     return result
 
 
-def _write_samples(out: Path, ds: Dataset, label_names: list[str], n: int = 8) -> Path:
-    """samples.json: the first n sentences of the held-out split with their true labels, for `rnnlab report`."""
-    samples = [{"text": t, "label": label_names[y]} for t, y in zip(ds.texts[:n], ds.labels[:n])]
+def _write_samples(out: Path, ds: Dataset, label_names: list[str], model: Classifier, vocab: Vocab,
+                   lowercase: bool, n: int = 8) -> Path:
+    """samples.json: n sentences of the held-out split `ds`, with their true and predicted labels, balanced over
+    classes and right/wrong predictions (`report.choose_samples`), for `rnnlab report`."""
+    from rnnlab.report import choose_samples
+
+    predicted = predict_ids(model, [vocab.encode(tokenize(t, lowercase)) for t in ds.texts]).argmax(1).tolist()
+    samples = choose_samples(ds.texts, ds.labels, predicted, label_names, n)
     (out / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out / "samples.json"
 
