@@ -146,8 +146,8 @@ def trajectory(sentences: list[list[str]], paths: list[list[list[float]]], predi
     plane is the whole state space (H = 2), so the line is the model's boundary and the regions are shaded
     with the class colours. exact=False: the plane is a projection; the line is the boundary restricted to the
     plane (states off the plane can lie on its other side), and the key says so; no shading.
-    Up to PER_PANEL sentences share one panel; more get one small panel each, on the same axes. The key sits
-    outside the axes.
+    Up to PER_PANEL sentences share one panel; more get one small panel each, on the same axes. A word whose
+    point lies on an already labelled point keeps its marker but not its label. The key sits outside the axes.
     """
     import numpy as np
     from matplotlib.lines import Line2D
@@ -168,6 +168,7 @@ def trajectory(sentences: list[list[str]], paths: list[list[list[float]]], predi
     for ax in panels[len(groups):]:  # an odd number of sentences leaves one grid cell empty
         ax.set_visible(False)
     for ax, group in zip(panels, groups):
+        labelled = []  # the points of this panel that carry a word
         if boundary is not None:
             (w0, w1), c = boundary
             xx, yy = np.meshgrid(np.linspace(lo[0], hi[0], 201), np.linspace(lo[1], hi[1], 201))
@@ -181,7 +182,13 @@ def trajectory(sentences: list[list[str]], paths: list[list[list[float]]], predi
             ax.plot(points[:, 0], points[:, 1], color=colour, linewidth=1.2, zorder=2)
             ax.scatter(points[:, 0], points[:, 1], c=[colours[k] for k in predictions[i]], s=36, edgecolors=colour,
                        linewidths=1.0, zorder=3, gid=f"sentence {i}")
-            for word, (x, y) in zip(["s_0", *sentences[i]], points):
+            for t, (word, (x, y)) in enumerate(zip(["s_0", *sentences[i]], points)):
+                # a word whose point sits on an already labelled one keeps its marker but not its label, so the
+                # labels stay legible; the last word is always labelled
+                near = min((np.hypot(*((np.array([x, y]) - q) / (hi - lo))) for q in labelled), default=1.0)
+                if near < 0.045 and t < len(points) - 1:
+                    continue
+                labelled.append(np.array([x, y]))
                 ax.annotate(word, (x, y), textcoords="offset points", xytext=(4, 4), color=colour,
                             fontsize=9 if len(groups) == 1 else 7)
         ax.set_xlim(lo[0], hi[0])

@@ -104,17 +104,27 @@ def write_data_record(out: Path, splits: dict) -> Path:
 
 def data_name(source: str) -> str:
     """'rt-polarity' for '../shared/data/rt-polarity (train)': the names of the files or folders given."""
-    paths = source.removesuffix(" (train)").split(", ")
-    return ", ".join(dict.fromkeys(Path(p).name for p in paths))
+    return ", ".join(dict.fromkeys(Path(p).name for p in _paths(source).split(", ")))
+
+
+def _paths(source: str) -> str:
+    """A split's source without the ' (train)' that `split_dataset` adds: the paths as given."""
+    for suffix in (" (train)", " (val)", " (test)"):
+        source = source.removesuffix(suffix)
+    return source
 
 
 def _data_html(record) -> str:
-    if not isinstance(record, dict) or not isinstance(record.get("train"), dict):
+    if not isinstance(record, dict) or not all(isinstance(r, dict) for r in record.values()) or "train" not in record:
         return "<p>Data: not recorded (a run trained before rnnlab wrote data.json).</p>"
-    splits = "; ".join(f"{_e(name)} {r.get('sentences', 0):,} ({_e(r.get('source', '?'))})"
-                       for name, r in record.items() if isinstance(r, dict))
-    name = data_name(str(record["train"].get("source", "?")))
-    return f"<p>Data: <b>{_e(name)}</b>. Sentences per split: {splits}.</p>"
+    sources = {name: _paths(str(r.get("source", "?"))) for name, r in record.items()}
+    sizes = ", ".join(f"{_e(name)} {r.get('sentences', 0):,}" for name, r in record.items())
+    if len(set(sources.values())) == 1:  # one file or folder, split here
+        where = f"<code>{_e(sources['train'])}</code>, split into {sizes} sentences"
+    else:
+        where = "; ".join(f"{_e(name)}: <code>{_e(sources[name])}</code> ({r.get('sentences', 0):,} sentences)"
+                          for name, r in record.items())
+    return f"<p>Data: <b>{_e(data_name(sources['train']))}</b> ({where}).</p>"
 
 
 def choose_samples(texts: list[str], labels: list[int], predicted: list[int], label_names: list[str], n: int = 8,
