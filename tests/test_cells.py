@@ -225,8 +225,8 @@ def test_training_manual_equals_autograd_for_20_steps(kind):
 
 
 def test_from_torch_rejects_what_it_cannot_copy():
-    with pytest.raises(ValueError):
-        from_torch(torch.nn.LSTM(3, 4, num_layers=2))
+    with pytest.raises(ValueError):  # several layers are copied (tests/test_stacked.py); a projection is not
+        from_torch(torch.nn.LSTM(3, 4, num_layers=2, proj_size=2))
     with pytest.raises(ValueError):
         from_torch(torch.nn.GRU(3, 4, bidirectional=True))
     with pytest.raises(TypeError):

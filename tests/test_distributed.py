@@ -32,7 +32,8 @@ from rnnlab import checkpoint, distributed
 from rnnlab.cli import main
 from rnnlab.config import Config
 from rnnlab.errors import UserError
-from rnnlab.train import predict, train
+from rnnlab.evaluate import predict
+from rnnlab.train import train
 from tests.conftest import REPO
 from tests.test_train import NEGATIVE, POSITIVE, quiet, weights, write_tsv
 
@@ -45,14 +46,6 @@ CONFIG = Config(cell="gru", hidden=8, embed_dim=8, optimizer="sgd", lr=0.1, mome
 FLAGS = ["--cell", "gru", "--hidden", "8", "--embed-dim", "8", "--optimizer", "sgd", "--lr", "0.1", "--momentum",
          "0.9", "--batch-size", "4", "--epochs", "3", "--patience", "0", "--seed", "3", "--no-plots"]
 SENTENCES = ["a great film", "boring and slow", "the plot was good but the music was awful"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -74,6 +74,7 @@ def test_each_reference_command_gives_the_config_its_row_was_trained_with(monkey
 
     from rnnlab import cli
     from rnnlab import train as train_module
+    from rnnlab.config import Config
 
     ref = _reference_results()
     rows = [r for r in json.loads(ref.JSON.read_text())["rows"] if "command" in r]
@@ -85,5 +86,7 @@ def test_each_reference_command_gives_the_config_its_row_was_trained_with(monkey
         assert argv[:2] == ["rnnlab", "train"]
         assert cli.main(argv[1:]) == 0
         ((config, data, out),) = seen
-        assert config.to_dict() == r["config"], r["command"]
-        assert data == [ref.DATASETS[r["data"]]] and out == f"runs/reference/{r['data']}-{r['config']['cell']}"
+        stored, now = r["config"], config.to_dict()
+        assert {k: now[k] for k in stored} == stored, r["command"]
+        assert all(now[k] == getattr(Config(), k) for k in set(now) - set(stored))  # settings added since: defaults
+        assert data == [ref.DATASETS[r["data"]]] and str(out) == f"runs/reference/{r['data']}-{r['config']['cell']}"

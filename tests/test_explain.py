@@ -11,9 +11,9 @@ import torch
 from rnnlab import checkpoint
 from rnnlab.config import Config
 from rnnlab.data import Vocab, tokenize
+from rnnlab.evaluate import predict
 from rnnlab.explain import explain_texts, fit_pca, format_trace, trace
 from rnnlab.model import Classifier
-from rnnlab.train import predict
 from tests.conftest import run_cli
 from tests.test_lab import png_size
 

@@ -45,7 +45,6 @@ def execute(nb, tmp_path, monkeypatch, data):
         monkeypatch.setenv(var, str(tmp_path / "jupyter" / folder))
     monkeypatch.delenv("JUPYTER_PATH", raising=False)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel then draws inline: figures are PNG outputs
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: a second torch thread only spins (see test_train)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("RNNLAB_DATA", str(data))  # where the notebook's real-data tour looks
 

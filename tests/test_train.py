@@ -8,8 +8,8 @@ What they pin down, in the order of the file:
 - "it learns": a GRU solves a word-order task on which a bag-of-words model is provably at chance;
 - every kind of bad input through the CLI: exit 2, one line on stderr naming the file, no traceback.
 
-Models are tiny (H 8, D 8, a few epochs) and run on one thread; the CLI runs, which pay ~2 s each for
-importing torch, are started together where several are needed (and marked slow).
+Models are tiny (H 8, D 8, a few epochs) and run on one thread (see tests/conftest.py); the CLI runs, which pay ~2 s
+each for importing torch, are started together where several are needed (and marked slow).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from rnnlab.cli import main
 from rnnlab.config import Config
 from rnnlab.data import Vocab, tokenize
 from rnnlab.errors import UserError
+from rnnlab.evaluate import confusion_matrix, evaluate, metrics, predict
 from rnnlab.optim import Adam
-from rnnlab.train import confusion_matrix, evaluate, metrics, predict, train
+from rnnlab.train import train
 from tests.conftest import REPO, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -111,18 +112,6 @@ def run_clis(*calls: tuple[list[str], str | bytes | None]) -> list[subprocess.Co
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(one, calls))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here and in the `rnnlab` subprocesses. The models are tiny, and on a busy two-core
-    machine torch's second thread mostly spins waiting: with it this file ran up to 15 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # run_cli passes the environment on
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +261,10 @@ def test_cli_evaluate_and_predict(run, tmp_path):
     assert lines[1]["unknown_words"] == ["zorblax"]
     for d in lines:
         assert sum(d["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
-    rows = from_stdin.stdout.splitlines()  # label, probabilities, text; the blank line is skipped
-    assert [row.split("\t")[2] for row in rows] == ["a great film", "a bad film"]
+    rows = from_stdin.stdout.splitlines()  # label, probabilities, text; the blank line keeps its place
+    assert [row.split("\t")[2] for row in rows] == ["a great film", "", "a bad film"]
+    assert rows[1].startswith("-\terror: line 2: blank line")
+    rows = [rows[0], rows[2]]
     assert all(row.split("\t")[0] in ("neg", "pos") and "p(neg) = " in row and "p(pos) = " in row for row in rows)
 
 
@@ -647,7 +638,8 @@ def test_more_bad_input_through_main(run, tmp_path, capsys, monkeypatch, case):
                                "argument 1", "is not valid UTF-8"),
         "no sentence on stdin": (["predict", "--checkpoint", str(run.out_dir)], "<stdin>", "no text on stdin"),
         "resume with other settings": (["train", "--data", str(run.out_dir.parent / "reviews.tsv"), "--out",
-                                        str(run.out_dir), "--resume"], "last.pt", "cannot resume with different"),
+                                        str(run.out_dir), "--resume", "--hidden", "9"], "last.pt",
+                                       "cannot resume with different settings (hidden)"),
     }[case]
     assert main(args) == 2
     err = capsys.readouterr().err.splitlines()

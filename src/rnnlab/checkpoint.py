@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -59,9 +60,16 @@ def make(model: Classifier, config: Config, vocab: Vocab, label_names: list[str]
 
 
 def resolve(path: str | Path, name: str = BEST) -> Path:
-    """A run folder means its `model.pt` (or `last.pt` when asked); a file means itself."""
+    """A run folder means its `model.pt` (or `last.pt` when asked); a file means itself.
+
+    A run stopped before its first validation (Ctrl-C in epoch 1) has only `last.pt`: it is used, with a
+    one-line notice on stderr, rather than "no checkpoint here"."""
     path = Path(path)
     if path.is_dir():
+        if name == BEST and not (path / BEST).exists() and (path / LAST).is_file():
+            print(f"rnnlab: {path} has no {BEST} yet (the run stopped before its first validation); using {LAST}",
+                  file=sys.stderr)
+            name = LAST
         path = path / name
     if not path.exists():
         raise UserError("no checkpoint here; pass a run folder made by `rnnlab train` or its model.pt", path=path)
@@ -103,7 +111,8 @@ def load_model(path: str | Path, name: str = BEST) -> tuple[Classifier, Config, 
         vocab = Vocab.from_list(ckpt["vocab"])
         labels = list(ckpt["label_names"])
         model = Classifier(len(vocab), config.hidden, len(labels), cell=config.cell, phi=config.phi,
-                           embed_dim=config.embed_dim, backward=config.backward, seed=config.seed)
+                           embed_dim=config.embed_dim, layers=config.layers, backward=config.backward,
+                           seed=config.seed)  # a checkpoint older than `layers` has none: Config's 1
         model.load_state_dict(ckpt["weights"])
     except (KeyError, ValueError, TypeError, AttributeError, UserError) as e:  # a missing entry, a wrong shape
         raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from rnnlab.errors import UserError
 
@@ -17,8 +18,25 @@ from rnnlab.errors import UserError
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line (no usage dump) and exit 2, like our other errors."""
 
+    def __init__(self, *a, **kw):
+        kw.setdefault("allow_abbrev", False)  # --epoch is not --epochs: what was typed is what is read
+        super().__init__(*a, **kw)
+
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}{_did_you_mean(message)}\n")
+
+
+def _did_you_mean(message: str) -> str:
+    """"; did you mean train?" after argparse's "invalid choice: 'trian' (choose from ...)", when one is close."""
+    import difflib
+    import re
+
+    found = re.match(r"argument .*: invalid choice: '(.*)' \(choose from (.*)\)", message)
+    if not found:
+        return ""
+    choices = re.findall(r"'([^']*)'", found.group(2))
+    close = difflib.get_close_matches(found.group(1), choices, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _add_lab(sub) -> None:
@@ -31,11 +49,12 @@ def _add_lab(sub) -> None:
     p.add_argument("--phi", choices=["tanh", "relu"], default="tanh", help="nonlinearity (default tanh)")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn", help="cell (default rnn, the handout's)")
     p.add_argument("--backward", choices=["autograd", "manual"], default="autograd",
-                   help="autograd (the handout's loss.backward) or manual (hand-written BPTT)")
+                   help="autograd (the handout's loss.backward, the default) or manual (hand-written BPTT)")
     p.add_argument("--sentence", action="append", metavar="TEXT",
                    help="a test sentence (repeatable; default: the handout's two)")
     p.add_argument("--out", default="runs/lab", help="run folder for the plot and logs (default runs/lab)")
     p.add_argument("--show", action="store_true", help="also open the plot in a window")
+    _add_force(p)
     p.set_defaults(func=cmd_lab)
 
 
@@ -46,7 +65,7 @@ def cmd_lab(args) -> int:
     config = Config.lab(epochs=args.epochs, lr=args.lr, hidden=args.hidden, seed=args.seed, phi=args.phi,
                         cell=args.cell, backward=args.backward).validate()
     sentences = [s.split() for s in _texts(args.sentence)] if args.sentence else None
-    run_lab(config, _out_dir(args.out), test_sentences=sentences, show=args.show)
+    run_lab(config, _out_dir(args.out, args), test_sentences=sentences, show=args.show)
     return 0
 
 
@@ -80,17 +99,20 @@ def _add_train(sub) -> None:
     p.add_argument("--test", nargs="+", help="test file(s) (default: split from --data)")
     p.add_argument("--text-column", help="text column: index or header name (default: first)")
     p.add_argument("--label-column", help="label column: index or header name (default: last)")
+    _add_encoding(p)
     p.add_argument("--out", help="run folder (default runs/<cell>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell, help=f"cell (default {d.cell})")
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size H (default {d.hidden})")
+    p.add_argument("--layers", type=int, default=d.layers,
+                   help=f"stacked recurrent layers, as torch.nn's num_layers (default {d.layers})")
     p.add_argument("--embed-dim", type=int, default=d.embed_dim,
                    help=f"embedding size; 0 feeds one-hot words to U (default {d.embed_dim})")
-    p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help="vanilla RNN nonlinearity")
+    p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help=f"vanilla RNN nonlinearity (default {d.phi})")
     p.add_argument("--dropout", type=float, default=d.dropout,
-                   help="dropout on the embeddings and on s_T while training (default 0)")
+                   help="dropout on the embeddings, between layers and on s_T while training (default 0)")
     p.add_argument("--backward", choices=["autograd", "manual"], default=d.backward,
-                   help="autograd, or manual (hand-written BPTT)")
+                   help=f"autograd, or manual (hand-written BPTT) (default {d.backward})")
     p.add_argument("--optimizer", choices=["sgd", "adagrad", "adam"], default=d.optimizer,
                    help=f"optimiser (default {d.optimizer})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
@@ -102,7 +124,8 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"early-stopping patience in epochs; 0 never stops early (default {d.patience})")
-    p.add_argument("--min-freq", type=int, default=d.min_freq, help="minimum word count for the vocabulary")
+    p.add_argument("--min-freq", type=int, default=d.min_freq,
+                   help=f"words seen fewer times map to <unk> (default {d.min_freq})")
     p.add_argument("--max-vocab", type=int, default=d.max_vocab, help=f"vocabulary size cap (default {d.max_vocab})")
     p.add_argument("--no-lowercase", action="store_true", help="keep the case of words")
     p.add_argument("--no-bucket", action="store_true", help="do not batch sentences of similar length together")
@@ -117,6 +140,7 @@ def _add_train(sub) -> None:
                    help="under torchrun: the torch.distributed backend (default auto: nccl for cuda, else gloo)")
     p.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="under torchrun: give up when another process has not answered for this long (default 300)")
+    _add_force(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -127,35 +151,71 @@ def cmd_train(args) -> int:
     from rnnlab.config import Config
     from rnnlab.train import train
 
-    config = Config(cell=args.cell, hidden=args.hidden, embed_dim=args.embed_dim or None, phi=args.phi,
-                    dropout=args.dropout,
+    config = Config(cell=args.cell, hidden=args.hidden, layers=args.layers, embed_dim=args.embed_dim or None,
+                    phi=args.phi, dropout=args.dropout,
                     backward=args.backward, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                     weight_decay=args.weight_decay, clip=args.clip or None, batch_size=args.batch_size,
                     epochs=args.epochs, patience=args.patience or None, lowercase=not args.no_lowercase,
                     min_freq=args.min_freq, max_vocab=args.max_vocab, val_frac=args.val_frac,
                     test_frac=args.test_frac, bucket=not args.no_bucket, seed=args.seed, device=args.device)
-    out = args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = _out_dir(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}", args, create=False)
+    if args.resume:  # the run's own settings, but for the flags given now
+        config = _resumed_config(out, config, _given(args))
     backend = None if args.dist_backend == "auto" else args.dist_backend
     with distributed.launch(config.validate(), backend, args.dist_timeout) as team:  # Alone without torchrun
         train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
-              text_column=_column(args.text_column), label_column=_column(args.label_column), resume=args.resume,
+              text_column=_column(args.text_column), label_column=_column(args.label_column), encoding=args.encoding,
+              resume=args.resume,
               plots=not args.no_plots, report=args.report, team=team)
     return 0
 
 
-def _out_dir(path: str):
-    """The output folder, created now (with its parents), so that a path that cannot be a folder is an error
-    before any work is done."""
-    from pathlib import Path
+def _given(args) -> set[str]:
+    """The destinations of the options typed on this command line (not left at their defaults)."""
+    sub = build_parser()._subparsers._group_actions[0].choices[args.command]
+    typed = {token.split("=", 1)[0] for token in args.argv if token.startswith("-")}
+    return {a.dest for a in sub._actions if typed & set(a.option_strings)}
 
-    out = Path(path)
+
+def _resumed_config(out: Path, config, given: set[str]):
+    """`--resume`: the settings of the run's config.json, overridden by the flags given explicitly
+    (`--epochs 20` extends a finished run; a flag that changes the maths is refused when the checkpoint is
+    read). Flags that are not Config fields are mapped to theirs (--no-lowercase -> lowercase)."""
+    import dataclasses
+    import json
+
+    from rnnlab.config import Config
+
+    saved = out / "config.json"
+    if not saved.is_file():
+        return config  # train() says there is nothing to resume
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError("this is a file, not a folder; pass a folder to --out", path=out) from None
-    except (NotADirectoryError, PermissionError) as e:
-        raise UserError(f"cannot make this folder ({e.strerror}); pass another --out", path=out) from None
-    return out
+        settings = json.loads(saved.read_text(encoding="utf-8"))
+        assert isinstance(settings, dict)
+    except (ValueError, AssertionError, UnicodeDecodeError):
+        raise UserError("not a valid config.json; restore it from the run's checkpoint or start a new --out",
+                        path=saved) from None
+    fields = {f.name for f in dataclasses.fields(Config)}
+    given = {name.removeprefix("no_") for name in given} & fields
+    return Config.from_dict({**settings, **{name: getattr(config, name) for name in given}})
+
+
+def _out_dir(path: str, args, create: bool = True) -> Path:
+    """The output folder of this command, checked and created now (see rundir.prepare): a folder with other
+    files in it is refused unless --force, a source folder always."""
+    from rnnlab.rundir import prepare
+
+    return prepare(path, args.command, force=args.force, create=create)
+
+
+def _add_encoding(p) -> None:
+    p.add_argument("--encoding", help="the data files' text encoding, e.g. cp1252 or latin-1 (default utf-8; "
+                                      "cp1252 for rt-polarity)")
+
+
+def _add_force(p) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that holds something other than this command's run")
 
 
 def _column(value: str | None):
@@ -164,12 +224,16 @@ def _column(value: str | None):
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy, per-class precision/recall/F1 and confusion on labelled data")
+    p = sub.add_parser("evaluate", help="accuracy, per-class precision/recall/F1 and confusion on labelled data",
+                       description="Score a trained model on labelled data (its labels must be among the model's "
+                                   "classes): accuracy, loss, per-class precision, recall and F1, the confusion "
+                                   "matrix, and the share of words the model never saw.")
     p.add_argument("--checkpoint", required=True, help="run folder or model.pt")
     p.add_argument("--data", required=True, nargs="+", help="labelled file(s) or folder")
     p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
-    p.add_argument("--text-column", help="text column: index or header name")
-    p.add_argument("--label-column", help="label column: index or header name")
+    p.add_argument("--text-column", help="text column: index or header name (default: first)")
+    p.add_argument("--label-column", help="label column: index or header name (default: last)")
+    _add_encoding(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -177,10 +241,11 @@ def _add_evaluate(sub) -> None:
 def cmd_evaluate(args) -> int:
     import json
 
-    from rnnlab.train import evaluate
+    from rnnlab.evaluate import evaluate
 
     m = evaluate(args.checkpoint, args.data, args.format, text_column=_column(args.text_column),
-                 label_column=_column(args.label_column))
+                 label_column=_column(args.label_column), encoding=args.encoding)
+    _warn_unknown(m["unknown_rate"])
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
@@ -198,7 +263,10 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="label new sentences (arguments, or one per line on stdin)")
+    p = sub.add_parser("predict", help="label new sentences (arguments, or one per line on stdin)",
+                       description="Label each sentence with a trained model: the class, its probabilities and "
+                                   "the words the model never saw. One output per argument or stdin line; a blank "
+                                   "line gets an error entry in its place.")
     p.add_argument("--checkpoint", required=True, help="run folder or model.pt")
     p.add_argument("texts", nargs="*", help="sentences; none reads lines from stdin")
     p.add_argument("--json", action="store_true", help="print one JSON object per sentence")
@@ -208,16 +276,35 @@ def _add_predict(sub) -> None:
 def cmd_predict(args) -> int:
     import json
 
-    from rnnlab.train import predict
+    from rnnlab.data import tokenize
+    from rnnlab.evaluate import predict
 
-    for r in predict(args.checkpoint, _sentences(args.texts)):
+    texts = _sentences(args.texts, keep_blank=True)
+    scored = iter(predict(args.checkpoint, [t for t in texts if t.strip()]))
+    results = [next(scored) if t.strip() else {"text": t, "error": "blank line: nothing to classify"} for t in texts]
+    words = sum(len(tokenize(r["text"])) for r in results if "error" not in r)
+    _warn_unknown(sum(len(r.get("unknown_words", ())) for r in results) / words)
+    for line, r in enumerate(results, start=1):
         if args.json:
             print(json.dumps(r))
-            continue
-        probs = "  ".join(f"p({k}) = {v:.4f}" for k, v in r["probabilities"].items())
-        unk = f"  unknown: {', '.join(r['unknown_words'])}" if r["unknown_words"] else ""
-        print(f"{r['label']}\t{probs}{unk}\t{r['text']}")
+        elif "error" in r:
+            print(f"-\terror: line {line}: {r['error']}\t{r['text']}")
+        else:
+            probs = "  ".join(f"p({k}) = {v:.4f}" for k, v in r["probabilities"].items())
+            unk = f"  unknown: {', '.join(r['unknown_words'])}" if r["unknown_words"] else ""
+            print(f"{r['label']}\t{probs}{unk}\t{r['text']}")
     return 0
+
+
+UNKNOWN_WARNING = 0.5  # above this share of unknown words, evaluate and predict warn that the input may not fit
+
+
+def _warn_unknown(rate: float) -> None:
+    """A loud line on stderr when most words are unknown to the model: the scores then mean little."""
+    if rate > UNKNOWN_WARNING:
+        print(f"rnnlab: warning: {100 * rate:.1f}% of the words are unknown to this model "
+              "(they all read as <unk>), so its answers mean little; check that the data and the checkpoint "
+              "belong together (language, lower-casing, format)", file=sys.stderr)
 
 
 def _texts(arguments: list[str]) -> list[str]:
@@ -232,16 +319,17 @@ def _texts(arguments: list[str]) -> list[str]:
     return arguments
 
 
-def _sentences(arguments: list[str]) -> list[str]:
-    """The sentences given as arguments, or else the lines of stdin; at least one."""
+def _sentences(arguments: list[str], keep_blank: bool = False) -> list[str]:
+    """The sentences given as arguments, or else the lines of stdin (blank ones too, with keep_blank);
+    at least one that is not blank."""
     texts = _texts(arguments) if arguments else _stdin_lines()
-    if not texts:
+    if not any(t.strip() for t in texts):
         raise UserError("no text on stdin; give sentences as arguments or one per line on stdin", path="<stdin>")
-    return texts
+    return texts if keep_blank else [t for t in texts if t.strip()]
 
 
 def _stdin_lines() -> list[str]:
-    """The non-blank lines of stdin, read as UTF-8 bytes whatever the locale says."""
+    """The lines of stdin, read as UTF-8 bytes whatever the locale says (a final newline ends the last line)."""
     data = sys.stdin.buffer.read()
     try:
         text = data.decode("utf-8")
@@ -250,7 +338,9 @@ def _stdin_lines() -> list[str]:
         raise UserError(f"not valid UTF-8 (byte 0x{data[e.start]:02x}); send UTF-8 text, e.g. through "
                         "`iconv -f cp1252 -t utf-8`", path="<stdin>", line=line) from None
     lines = text.removeprefix("\ufeff").split("\n")
-    return [line.removesuffix("\r") for line in lines if line.strip()]
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def _add_explain(sub) -> None:
@@ -264,6 +354,7 @@ def _add_explain(sub) -> None:
     p.add_argument("texts", nargs="*", help="sentences (default with --lab: the handout's two test sentences)")
     p.add_argument("--out", help="also write explain.json and trajectory.png (the states' paths) to this folder")
     p.add_argument("--json", action="store_true", help="print the traces as JSON")
+    _add_force(p)
     p.set_defaults(func=cmd_explain)
 
 
@@ -281,7 +372,7 @@ def cmd_explain(args) -> int:
     else:
         pca = explain.shared_pca(traces)  # one set of axes for all the sentences given
         print("\n\n".join(explain.format_trace(tr, pca) for tr in traces))
-    for f in explain.write(model, traces, _out_dir(args.out)) if args.out else []:
+    for f in explain.write(model, traces, _out_dir(args.out, args)) if args.out else []:
         print(f"wrote {f}")
     return 0
 
@@ -294,7 +385,9 @@ def _add_gradflow(sub) -> None:
     p.add_argument("--hidden", type=int, default=64, help="hidden size H (default 64)")
     p.add_argument("--clip", type=float, default=1.0, help="clip the parameter gradient to this norm (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the random sentences (default 0)")
-    p.add_argument("--out", default="runs/gradflow", help="folder for gradflow.png and gradflow.json")
+    p.add_argument("--out", default="runs/gradflow",
+                   help="folder for gradflow.png and gradflow.json (default runs/gradflow)")
+    _add_force(p)
     p.set_defaults(func=cmd_gradflow)
 
 
@@ -310,7 +403,7 @@ def cmd_gradflow(args) -> int:
     if gb > 4:
         raise UserError(f"--hidden {args.hidden} with --length {args.length} needs about {gb:.0f} GB (the Jacobians "
                         "take H copies of each sequence); lower --hidden or --length")
-    out = _out_dir(args.out)
+    out = _out_dir(args.out, args)
     flows = gradflow.run(length=args.length, hidden=args.hidden, clip=args.clip, seed=args.seed)
     print(gradflow.format_table(flows, args.clip))
     for f in gradflow.write(flows, out, length=args.length, hidden=args.hidden, clip=args.clip, seed=args.seed):
@@ -325,13 +418,14 @@ def _add_report(sub) -> None:
     p.add_argument("run_dir", help="run folder written by `rnnlab train`")
     p.add_argument("--sentence", action="append", metavar="TEXT", help="also explain this sentence (repeatable)")
     p.add_argument("--out", help="folder for report.html and trajectory.png (default: the run folder)")
+    _add_force(p)
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
     from rnnlab.report import write_report
 
-    for f in write_report(args.run_dir, _texts(args.sentence or []), _out_dir(args.out) if args.out else None):
+    for f in write_report(args.run_dir, _texts(args.sentence or []), _out_dir(args.out, args) if args.out else None):
         print(f"wrote {f}")
     return 0
 
@@ -353,6 +447,7 @@ def _add_memory(sub) -> None:
     p.add_argument("--seed", type=int, help="seed for the weights and the data (default 0)")
     p.add_argument("--seeds", type=int, help="repeat with this many seeds from --seed on; report the mean (default 1)")
     p.add_argument("--out", default="runs/memory", help="folder for memory.png and memory.json (default runs/memory)")
+    _add_force(p)
     p.set_defaults(func=cmd_memory)
 
 
@@ -363,7 +458,7 @@ def cmd_memory(args) -> int:
              "optimizer": args.optimizer, "lr": args.lr}
     config = memory.MemoryConfig(**{k: v for k, v in given.items() if v is not None}).validate()
     cells, distances = memory.check_sweep(args.cells or memory.CELLS, args.distances or memory.DISTANCES)
-    out = _out_dir(args.out)  # before the sweep: its minutes are not lost to a bad --out
+    out = _out_dir(args.out, args)  # before the sweep: its minutes are not lost to a bad --out
     rows = memory.sweep(cells, distances, config)
     seeds = "" if config.seeds == 1 else f", mean of {config.seeds} seeds"
     print(f"test accuracy (chance {1 / config.num_classes:.3f}{seeds}):")
@@ -399,7 +494,10 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rnnlab import __version__
+
     parser = _Parser(prog="rnnlab", description="Recurrent networks written from their equations.")
+    parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_lab(sub)
     _add_gradcheck(sub)
@@ -415,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = build_parser().parse_known_args(argv)
+    args.argv = argv  # which flags were typed: --resume keeps the run's settings for the others
     if args.command == "bench":
         args.bench_args = rest  # everything after `bench` belongs to the benchmark's own parser
     elif rest:

@@ -18,9 +18,10 @@ class Config:
     # -- model --
     cell: str = "gru"  # recurrent cell: 'rnn' (vanilla, the handout's), 'lstm' or 'gru'
     hidden: int = 128  # H: size of the hidden state s_t
+    layers: int = 1  # stacked recurrent layers (torch.nn's num_layers)
     phi: str = "tanh"  # nonlinearity of the vanilla RNN: 'tanh' or 'relu'
     embed_dim: int | None = 128  # D: word embedding size; None feeds one-hot words straight into U (the lab)
-    dropout: float = 0.0  # training only: drop embedding entries and entries of s_T with this probability
+    dropout: float = 0.0  # training only: drop embedding entries, layer outputs and s_T entries with this probability
     backward: str = "manual"  # "manual" (hand-written BPTT, the faster) or "autograd" (loss.backward through the loop)
     # -- optimisation --
     optimizer: str = "adam"  # 'sgd', 'adagrad' or 'adam', all written by hand in optim.py
@@ -31,6 +32,10 @@ class Config:
     batch_size: int = 32  # sentences per step
     epochs: int = 10  # passes over the training split
     patience: int | None = 3  # stop after this many epochs without a better validation loss; None = never
+    steps: int | None = None  # stop after this many optimiser steps (whichever of epochs, steps, minutes first)
+    minutes: float | None = None  # stop after this many minutes of training (wall clock, across resumes)
+    schedule: str = "constant"  # learning rate over the steps: 'constant', 'cosine' (to 0) or 'step' (x0.3 per third)
+    warmup: int = 0  # linear warm-up of the learning rate over this many first steps
     # -- data --
     lowercase: bool = True  # lower-case text before tokenising (the lab keeps "The" as written)
     min_freq: int = 1  # words seen fewer times in the training split map to <unk>
@@ -38,8 +43,12 @@ class Config:
     val_frac: float = 0.1  # fraction held out for validation (early stopping) when no --val file is given
     test_frac: float = 0.1  # fraction held out for the final test when no --test file is given
     bucket: bool = True  # batch sentences of similar length together (less padding, same maths)
+    # -- language model (task 'lm') --
+    task: str = "classify"  # 'classify' (labelled sentences) or 'lm' (predict the next token of a text)
+    level: str = "char"  # lm tokens: 'char' (every character) or 'word' (the tokeniser, plus an end-of-line token)
+    seq_len: int = 100  # lm: tokens per chunk, the length of truncated BPTT
     seed: int = 0  # seeds the weights, the split and the batch order
-    device: str = "cpu"  # 'cpu' or 'cuda'
+    device: str = "cpu"  # 'cpu', 'cuda', 'cuda:1' or 'mps': where the tensors live (see check_device)
 
     @classmethod
     def lab(cls, **overrides) -> Config:
@@ -55,13 +64,23 @@ class Config:
             (self.phi in ("tanh", "relu"), f"--phi {self.phi}: choose tanh or relu"),
             (self.backward in ("autograd", "manual"), f"--backward {self.backward}: choose autograd or manual"),
             (self.optimizer in ("sgd", "adagrad", "adam"), f"--optimizer {self.optimizer}: choose sgd, adagrad, adam"),
-            (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden 2"),
-            (self.epochs >= 1, f"--epochs {self.epochs}: train for at least one epoch, e.g. --epochs 300"),
-            (self.lr > 0, f"--lr {self.lr}: the learning rate must be positive, e.g. --lr 0.1"),
+            (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden "
+                               f"{Config.hidden}"),
+            (self.epochs >= 1, f"--epochs {self.epochs}: train for at least one epoch, e.g. --epochs {Config.epochs}"),
+            (self.lr > 0, f"--lr {self.lr}: the learning rate must be positive, e.g. --lr {Config.lr:g}"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: use at least 1"),
             (self.embed_dim is None or self.embed_dim >= 1, f"--embed-dim {self.embed_dim}: use a positive size"),
             (self.clip is None or self.clip > 0, f"--clip {self.clip}: use a positive norm, or leave it out"),
             (0 <= self.dropout < 1, f"--dropout {self.dropout}: use a probability in [0, 1), e.g. --dropout 0.5"),
+            (self.layers >= 1, f"--layers {self.layers}: use at least 1"),
+            (self.steps is None or self.steps >= 1, f"--steps {self.steps}: use at least 1 optimiser step"),
+            (self.minutes is None or self.minutes > 0, f"--minutes {self.minutes}: use a positive number of minutes"),
+            (self.schedule in ("constant", "cosine", "step"), f"--schedule {self.schedule}: choose constant, cosine "
+                                                               "or step"),
+            (self.warmup >= 0, f"--warmup {self.warmup}: use 0 or more steps"),
+            (self.task in ("classify", "lm"), f"--task {self.task}: choose classify or lm"),
+            (self.level in ("char", "word"), f"--level {self.level}: choose char or word"),
+            (self.seq_len >= 1, f"--seq-len {self.seq_len}: use at least 1 token per chunk, e.g. --seq-len 100"),
             (self.patience is None or self.patience >= 1, f"--patience {self.patience}: use at least 1, or 0 for none"),
             (self.momentum >= 0 and self.weight_decay >= 0, "--momentum and --weight-decay must be >= 0"),
             (0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1,
@@ -70,6 +89,7 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        check_device(self.device)
         return self
 
     def to_dict(self) -> dict:
@@ -82,3 +102,28 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def check_device(device: str) -> str:
+    """`device` if this torch can compute there, else a UserError naming the devices it has and the fix.
+
+    Checked before any work is done: torch itself only fails at the first tensor, with a traceback
+    about a missing CUDA library."""
+    import torch
+
+    have = ["cpu"]
+    if torch.cuda.is_available():
+        have += ["cuda"] + [f"cuda:{k}" for k in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        have.append("mps")
+    build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+    fix = f"this torch {torch.__version__} ({build}) can use {', '.join(have)}; pass --device cpu"
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device}: not a device name; {fix}") from None
+    if kind.type == "cpu" or (kind.type == "cuda" and kind.index is None and "cuda" in have):
+        return device
+    if str(kind) not in have:
+        raise UserError(f"--device {device}: not available here; {fix}")
+    return device

@@ -410,6 +410,10 @@ def _table_examples(
         raise UserError(f"the text and the label are the same column ({text_index}); choose two columns", path=path)
     if header is None and _looks_like_header(rows, label_index, label_names):
         header = first_cells
+    lone_label = first_cells[label_index].strip()
+    if len(rows) == 1 and header is None and (label_names is None or _label_id(lone_label, label_names) is None):
+        raise UserError(f"one row only, which reads as a header (label cell {lone_label!r}): the file has no data "
+                        "rows; add labelled rows below it", path=path, line=first_line)
     data_rows = rows[1:] if header is not None else rows
     if not data_rows:
         raise UserError("only a header row, no data rows", path=path, line=first_line)

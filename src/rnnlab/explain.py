@@ -8,7 +8,8 @@ For a sentence w_1 .. w_T the trace holds, after each word t:
                                        stopped at word t; p_T is what `predict` answers
 
 The states and gates come from the manual forward pass (`recurrent.manual_forward`), which keeps
-every step's gate activations in its buffers; no gradient is computed.
+every step's gate activations in its buffers; no gradient is computed. With stacked layers they are
+the top layer's (the one W_out reads); each layer below runs the same way and feeds its states up.
 
 Principal components: the states of a set of sentences (s_1..s_T of each, stacked as rows) are
 centred, S - mean = U Sigma V^T, and a state is shown as its coordinates on the first k rows of V^T.
@@ -63,9 +64,11 @@ def trace(model: Classifier, ids: list[int], tokens: list[str], label_names: lis
     x = torch.tensor([ids], device=model.W_out.device).t()  # (T, 1), time-major
     if model.E is not None:
         x = F.embedding(x, model.E)  # (T, 1, D)
-    buf = manual_forward(model.cell, x)
-    gates = {name: a[:, 0].cpu().clone() for name, a in model.cell.activations(buf).items()}
-    states = buf.h[1:, 0]  # (T, H): s_1 .. s_T
+    for cell in model.cells:  # layer l reads the states s^{l-1}_1..s^{l-1}_T of the layer below
+        buf = manual_forward(cell, x)
+        x = buf.h[1:]  # (T, 1, H)
+    gates = {name: a[:, 0].cpu().clone() for name, a in model.cells[-1].activations(buf).items()}  # top layer's
+    states = buf.h[1:, 0]  # (T, H): s_1 .. s_T of the top layer
     probs = torch.softmax(model.logits(states), dim=-1)  # p_t = softmax(W_out s_t + b_out)
     return Trace(text or " ".join(tokens), list(tokens), list(known or [True] * len(tokens)), states.cpu().clone(),
                  gates, probs.cpu(), list(label_names))

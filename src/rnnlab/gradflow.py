@@ -26,7 +26,7 @@ is left exactly as it was. The plot's dashed lines are the measured curves times
 Setups: the vanilla RNN with W rescaled to spectral radius rho in {0.5, 1.0, 1.5}, then the LSTM and the
 GRU as initialised (uniform in +-1/sqrt(H), torch.nn's default). Inputs are random token ids through a
 random N(0, 1) embedding (as `Classifier` initialises it); labels are random.
-Left out: training dynamics (this is the gradient at initialisation), several layers.
+Left out: training dynamics (this is the gradient at initialisation), several layers (refused: one line).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rnnlab.errors import UserError
 from rnnlab.model import Classifier
 from rnnlab.optim import clip_grad_norm, grad_norm
 from rnnlab.recurrent import bptt, manual_forward
@@ -83,10 +84,16 @@ def make_model(cell: str, rho: float | None, *, hidden: int, embed_dim: int, voc
     return model
 
 
+def _one_layer(model: Classifier) -> None:
+    if model.layers != 1:
+        raise UserError(f"gradflow measures a one-layer model; this one has {model.layers} layers")
+
+
 def state_gradients(model: Classifier, ids: torch.Tensor, y: torch.Tensor):
     """(dL/ds_t, dL/dc_t, mean gates) by the hand BPTT, L = mean cross-entropy of W_out s_T + b_out:
     dL/ds_t for t = 1..T as (T, B, H); dL/dc_t the same for the LSTM's cell state (None for the other
     cells); and the mean activation of each gate over the forward pass ({} for the vanilla RNN)."""
+    _one_layer(model)
     with torch.no_grad():
         x = ids.t() if model.E is None else F.embedding(ids.t(), model.E)  # time-major
         buf = manual_forward(model.cell, x)
@@ -103,6 +110,7 @@ def final_state_jacobians(model: Classifier, ids: torch.Tensor) -> torch.Tensor:
 
     Each sequence is repeated H times in one batch, and the BPTT of copy i starts from the unit
     vector e_i at s_T: what arrives at s_t is then row i of the Jacobian."""
+    _one_layer(model)
     B, T = ids.shape
     H = model.hidden_size
     with torch.no_grad():

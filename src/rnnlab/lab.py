@@ -1,11 +1,14 @@
 """The lab handout's experiment, step for step (`rnnlab lab`).
 
 The handout (`shared/seed/lab-handout.txt`, "LABORATORY: LSTM-RNN In Class", Part 2) trains a vanilla
-RNN on two sentences, "The movie is good" -> 1 and "The movie is bad" -> 0:
+RNN on two sentences, "The movie is good" -> 1 and "The movie is bad" -> 0. Its code template is a
+table of steps 1-5 (the numbers used here); the template's own comments count differently ("# 5.
+Training Loop" is in step 3, "# 7. Test After Training" in step 5):
 
-    1. vocabulary {The, movie, is, good, bad}, one-hot words (m = 5), T = 4
-    2. n = 2, torch.manual_seed(42); W (n x n), U (n x m), b, W_out (2 x n), b_out
-    3. 300 epochs; for each sentence: s_t = tanh(W s_{t-1} + U x_t + b), logits = W_out s_T + b_out,
+    1. vocabulary {The, movie, is, good, bad}, one-hot words (m = 5), the two sentences, n = 2, T = 4,
+       torch.manual_seed(42)
+    2. W (n x n), U (n x m), b, W_out (2 x n), b_out; learning rate 0.1, 300 epochs, cross-entropy
+    3. for each epoch and sentence: s_t = tanh(W s_{t-1} + U x_t + b), logits = W_out s_T + b_out,
        cross-entropy, loss.backward(), manual SGD p -= 0.1 * p.grad, zero the gradients;
        every 50 epochs print "Epoch [50/300] - Loss: 0.0816" (the epoch's summed loss)
     4. plot the loss curve ("Training Loss Curve", x Epoch, y Total Loss, grid)
@@ -66,13 +69,14 @@ def traces(model: Classifier, sentences: list[list[str]]) -> list:
 
 
 def train_lab_model(config: Config, log=print) -> tuple[Classifier, list[float]]:
-    """Steps 2-5 of the handout: the model, and its training on the two sentences; (model, loss per epoch)."""
+    """Steps 2-3 of the handout: the model, and its training on the two sentences; (model, loss per epoch)."""
     torch.manual_seed(config.seed)  # as the handout does; the model also seeds its own generator
     model = Classifier(len(VOCAB), config.hidden, 2, cell=config.cell, phi=config.phi, embed_dim=None,
                        backward=config.backward, seed=config.seed)
     optimizer = SGD(model.parameters(), lr=config.lr)
 
-    # 5. Training loop: one backward and one SGD step per sentence, the epoch's losses summed
+    # step 3 (the template's "# 5. Training Loop"): one backward and one SGD step per sentence, the epoch's
+    # losses summed
     loss_history = []
     for epoch in range(config.epochs):
         total_loss = 0.0
@@ -102,7 +106,7 @@ def run_lab(config: Config | None = None, out_dir: str | Path = "runs/lab", *, t
 
     model, loss_history = train_lab_model(config, log)
 
-    # 7. Test after training, with the hidden state after each word (the handout's question 5)
+    # step 5 (the template's "# 7. Test After Training"), with the hidden state after each word (question 5)
     log("\n==== Testing ====")
     predictions, probabilities, all_states = [], [], []
     with torch.no_grad():

@@ -21,9 +21,10 @@ the identical stream of training batches at a given D, and measures accuracy on 
 What it measures with the default budget, and how that compares with the textbook order (it does not
 follow it), is in docs/questions.md, which `make figures` regenerates from a run of `sweep`.
 
-Left out, on purpose: the copy and adding tasks, variable-length distractor runs, a search over the
-learning rate per cell (one shared setting keeps the comparison about the cell, not the tuning), and
-repeats over several seeds (one seed per point, so single points can be noisy).
+Left out, on purpose: the copy and adding tasks, variable-length distractor runs, and a search over the
+learning rate per cell (one shared setting keeps the comparison about the cell, not the tuning). Repeats
+over seeds are there (`MemoryConfig.seeds`, `rnnlab memory --seeds N`: each point is the mean over N
+seeds); the default is one seed per point, and single points can be noisy.
 """
 
 from __future__ import annotations

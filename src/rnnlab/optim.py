@@ -8,7 +8,7 @@ Notation used below: p a parameter, g its gradient, lr the learning rate, t the 
 of that parameter, lambda the L2 weight decay. Every optimiser first adds the weight decay to the
 gradient, g <- g + lambda * p (L2 regularisation, as torch.optim does; not AdamW's decoupled decay).
 
-    SGD      p <- p - lr * g, with optional (Nesterov) momentum.  Robbins & Monro (1951); Polyak (1964);
+    SGD      p <- p - lr * g, with optional momentum.  Robbins & Monro (1951); Polyak (1964);
              Sutskever, Martens, Dahl & Hinton, "On the importance of initialization and momentum in
              deep learning" (ICML 2013); d2l.ai, chapter "Optimization Algorithms".
     Adagrad  G <- G + g^2;  p <- p - lr * g / (sqrt(G) + eps).  Duchi, Hazan & Singer (JMLR 2011);
@@ -22,6 +22,8 @@ gradient, g <- g + lambda * p (L2 regularisation, as torch.optim does; not AdamW
 
 What it leaves out, on purpose: parameter groups (one lr for all parameters), closures, `maximize`,
 AMSGrad, AdamW, sparse and complex gradients, and the fused / foreach kernels torch uses for speed.
+Also torch.optim's options that no rnnlab command sets: SGD's dampening and Nesterov momentum, and
+Adagrad's lr_decay and initial_accumulator_value (their defaults, 0, are the rules written here).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Optimizer:
     """What every optimiser shares: the parameters, the learning rate, per-parameter state and checkpoints.
 
     `params` is a list of leaf tensors (any iterable is accepted and copied into a list). `state[i]` holds
-    the buffers of `params[i]` (momentum, running averages, its own step count `t`), created the first
+    the buffers of `params[i]` (SGD's momentum, Adagrad's G, Adam's m, v and step count `t`), created the first
     time that parameter has a gradient. A parameter whose `.grad` is None is skipped by `step()`: it and
     its state stay as they are. `step_count` counts the calls to `step()`. A schedule may change `lr`
     between steps.
@@ -127,16 +129,16 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum, dampening, Nesterov momentum and weight decay.
+    """Stochastic gradient descent with optional momentum and weight decay.
 
-    With mu = momentum, tau = dampening and lambda = weight_decay, for each parameter p with gradient g:
+    With mu = momentum and lambda = weight_decay, for each parameter p with gradient g:
 
-        g   <- g + lambda * p                           (L2 weight decay)
-        b_1  = g;   b_t = mu * b_{t-1} + (1 - tau) * g  (momentum buffer; only when mu != 0)
-        g   <- g + mu * b_t   if nesterov,  else  g <- b_t
-        p   <- p - lr * g
+        g   <- g + lambda * p                   (L2 weight decay)
+        b_1  = g;   b_t = mu * b_{t-1} + g      (momentum buffer; only when mu != 0)
+        p   <- p - lr * b_t                     (p <- p - lr * g without momentum)
 
-    With no momentum and no weight decay this is just p <- p - lr * g. Same rule as torch.optim.SGD.
+    With no momentum and no weight decay this is just p <- p - lr * g. Same rule as torch.optim.SGD
+    with its defaults dampening = 0 and nesterov = False.
     """
 
     def __init__(
@@ -144,25 +146,17 @@ class SGD(Optimizer):
         params: Iterable[torch.Tensor] | torch.Tensor,
         lr: float,
         momentum: float = 0.0,
-        dampening: float = 0.0,
         weight_decay: float = 0.0,
-        nesterov: bool = False,
     ):
         super().__init__(params, lr)
         _check(0.0 <= momentum, f"invalid momentum: {momentum}; it must be >= 0")
         _check(0.0 <= weight_decay, f"invalid weight decay: {weight_decay}; it must be >= 0")
-        _check(
-            not nesterov or (momentum > 0 and dampening == 0),
-            "Nesterov momentum needs a momentum > 0 and zero dampening",
-        )
         self.momentum = momentum
-        self.dampening = dampening
         self.weight_decay = weight_decay
-        self.nesterov = nesterov
 
     @torch.no_grad()
     def step(self) -> None:
-        mu, tau = self.momentum, self.dampening
+        mu = self.momentum
         for p, g, state in self._with_grads():
             # g <- g + lambda * p
             if self.weight_decay != 0:
@@ -172,11 +166,9 @@ class SGD(Optimizer):
                     # b_1 = g
                     state["b"] = g.clone()
                 else:
-                    # b_t = mu * b_{t-1} + (1 - tau) * g
-                    state["b"].mul_(mu).add_(g, alpha=1 - tau)
-                b = state["b"]
-                # Nesterov looks one step ahead along the momentum: g + mu * b_t
-                g = g + mu * b if self.nesterov else b
+                    # b_t = mu * b_{t-1} + g
+                    state["b"].mul_(mu).add_(g)
+                g = state["b"]
             # p <- p - lr * g
             p -= self.lr * g
         self.step_count += 1
@@ -185,14 +177,14 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     """Adagrad: each coordinate's step shrinks with the sum of its squared gradients so far.
 
-    With lambda = weight_decay, eta = lr_decay and G_0 = initial_accumulator_value, at step t of p:
+    With lambda = weight_decay and G_0 = 0, at step t of p:
 
         g    <- g + lambda * p                  (L2 weight decay)
-        lr_t  = lr / (1 + (t - 1) * eta)
         G_t   = G_{t-1} + g * g                 (elementwise)
-        p    <- p - lr_t * g / (sqrt(G_t) + eps)
+        p    <- p - lr * g / (sqrt(G_t) + eps)
 
-    Same rule as torch.optim.Adagrad; with lambda = eta = G_0 = 0 it is min-char-rnn's
+    Same rule as torch.optim.Adagrad with its defaults lr_decay = 0 and initial_accumulator_value = 0;
+    with lambda = 0 it is min-char-rnn's
     `mem += dparam * dparam; param += -learning_rate * dparam / np.sqrt(mem + 1e-8)` (eps inside the root
     there, outside here).
     """
@@ -201,41 +193,28 @@ class Adagrad(Optimizer):
         self,
         params: Iterable[torch.Tensor] | torch.Tensor,
         lr: float = 0.01,
-        lr_decay: float = 0.0,
         weight_decay: float = 0.0,
-        initial_accumulator_value: float = 0.0,
         eps: float = 1e-10,
     ):
         super().__init__(params, lr)
-        _check(0.0 <= lr_decay, f"invalid lr_decay: {lr_decay}; it must be >= 0")
         _check(0.0 <= weight_decay, f"invalid weight decay: {weight_decay}; it must be >= 0")
-        _check(
-            0.0 <= initial_accumulator_value,
-            f"invalid initial_accumulator_value: {initial_accumulator_value}; it must be >= 0",
-        )
         _check(0.0 < eps, f"invalid eps: {eps}; it must be > 0")
-        self.lr_decay = lr_decay
         self.weight_decay = weight_decay
-        self.initial_accumulator_value = initial_accumulator_value
         self.eps = eps
 
     @torch.no_grad()
     def step(self) -> None:
         for p, g, state in self._with_grads():
             if not state:
-                state["t"] = 0
-                state["G"] = torch.full_like(p, self.initial_accumulator_value)  # G_0
-            state["t"] += 1
-            t, G = state["t"], state["G"]
+                state["G"] = torch.zeros_like(p)  # G_0
+            G = state["G"]
             # g <- g + lambda * p
             if self.weight_decay != 0:
                 g = g + self.weight_decay * p
-            # lr_t = lr / (1 + (t - 1) * eta)
-            lr_t = self.lr / (1 + (t - 1) * self.lr_decay)
             # G_t = G_{t-1} + g * g
             G.addcmul_(g, g)
-            # p <- p - lr_t * g / (sqrt(G_t) + eps)
-            p -= lr_t * g / (G.sqrt() + self.eps)
+            # p <- p - lr * g / (sqrt(G_t) + eps)
+            p -= self.lr * g / (G.sqrt() + self.eps)
         self.step_count += 1
 
 
@@ -396,23 +375,58 @@ class CosineLR(LRSchedule):
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
 
 
+class WarmupLR(LRSchedule):
+    """Linear warm-up over the first `warmup` steps, then `after` (or the constant base_lr when None):
+
+        lr_t = base_lr * (t + 1) / warmup             for t < warmup   (t = 0 is the first step)
+        lr_t = after.lr_at(t - warmup)                 afterwards
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup: int, after: LRSchedule | None = None):
+        _check(warmup >= 0, f"invalid warmup: {warmup}; it must be >= 0")
+        super().__init__(optimizer)
+        self.warmup, self.after = warmup, after
+
+    def lr_at(self, t: int) -> float:
+        if t < self.warmup:
+            return self.base_lr * (t + 1) / self.warmup
+        return self.base_lr if self.after is None else self.after.lr_at(t - self.warmup)
+
+
+SCHEDULES = ("constant", "cosine", "step")  # the names make_schedule accepts
+STEP_GAMMA = 0.3  # "step": lr times 0.3 after each third of the steps past the warm-up (3 levels: 1, 0.3, 0.09)
+
+
+def make_schedule(name: str, optimizer: Optimizer, total_steps: int, warmup: int = 0) -> LRSchedule | None:
+    """The schedule `--schedule name --warmup N` over a run of `total_steps` optimiser steps; None for a
+    constant rate with no warm-up (the optimiser's lr is then never touched). The training loop sets
+    `optimizer.lr = schedule.lr_at(optimizer.step_count)` before each step, so the rate follows from the
+    step count alone and a resumed run gets the same rates."""
+    _check(name in SCHEDULES, f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
+    rest = max(1, total_steps - warmup)  # steps after the warm-up
+    after = {"constant": None, "cosine": lambda: CosineLR(optimizer, rest),
+             "step": lambda: StepLR(optimizer, max(1, math.ceil(rest / 3)), STEP_GAMMA)}[name]
+    after = after() if after is not None else None
+    if warmup == 0:
+        return after
+    return WarmupLR(optimizer, warmup, after)
+
+
 def make_optimizer(
     name: str,
     params: Iterable[torch.Tensor] | torch.Tensor,
     lr: float,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
-    nesterov: bool = False,
 ) -> Optimizer:
     """The optimiser called `name` (one of OPTIMIZERS) with the other hyper-parameters at their defaults.
 
-    `momentum` and `nesterov` belong to SGD; asking for them with another optimiser is an error rather
-    than being ignored.
+    `momentum` belongs to SGD; asking for it with another optimiser is an error rather than being ignored.
     """
     _check(name in OPTIMIZERS, f"unknown optimiser {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if name == "sgd":
-        return SGD(params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-    _check(momentum == 0 and not nesterov, f"momentum and nesterov apply to sgd only, not to {name}")
+        return SGD(params, lr, momentum=momentum, weight_decay=weight_decay)
+    _check(momentum == 0, f"momentum applies to sgd only, not to {name}")
     if name == "adagrad":
         return Adagrad(params, lr, weight_decay=weight_decay)
     return Adam(params, lr, weight_decay=weight_decay)

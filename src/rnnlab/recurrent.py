@@ -1,5 +1,9 @@
 """Unrolling a cell over time, with masks, and its hand-written backpropagation through time.
 
+To read the backward first, read a cell's `reference_backward` in `cells.py`: the whole BPTT of one
+cell in one plain loop over t. This file holds the fast version of it (backward="manual") and the
+unroll that both paths share.
+
 `unroll(cell, x, state, lengths, backward)` runs any cell of `cells.py` over a batch of sequences:
 
     p_t = U x_t + b                for all t at once: one matmul (dense x) or a column lookup (ids)
@@ -10,23 +14,29 @@ sequence's state at its true last step. Two backward paths give the same gradien
 
 - backward="autograd": the loop is made of differentiable torch ops; `loss.backward()` does the rest,
   exactly what the lab handout does.
-- backward="manual": the loop runs without autograd, writing into preallocated buffers what the
-  derivative needs; the backward is our BPTT, written out below (`_ManualBPTT.backward`) step by
-  step from the cells' `backward_t`. It is wrapped in a `torch.autograd.Function` only so that it plugs into the rest of
-  a model (embedding, output layer, loss) and can be checked with `torch.autograd.gradcheck`.
+- backward="manual": the loop runs without autograd (`manual_forward`), writing into preallocated
+  buffers what the derivative needs; the backward is our BPTT: the time loop is `bptt`, which calls
+  the cells' `backward_t` step by step, and `_ManualBPTT.backward` sets it up and turns its results
+  into weight gradients. `_ManualBPTT` is a `torch.autograd.Function` only so that it plugs into the
+  rest of a model (embedding, output layer, loss) and can be checked with `torch.autograd.gradcheck`.
 
 BPTT, for gradients ds_t arriving from the loss (through the outputs and the final state):
-    for t = T..1:   dp_t, dgh_t = cell.backward_t(ds_t)        (masked rows pass ds_t straight through)
-                    ds_{t-1} = dgh_t @ W + direct path           (the cell's own dependence on s_{t-1})
+    for t = T..1:   cell.backward_t(t - 1, ds_t, buf) writes dp_t and dgh_t into buf, and into
+                                                       buf.dh_prev ds_{t-1} = W^T dgh_t + (the cell's
+                                                       direct path from s_{t-1}, e.g. the GRU's z_t ds_t)
+                    (padded rows: backward_t sees a zero gradient, and ds_t passes to s_{t-1} unchanged;
+                    the code counts steps from 0: its step t maps s_t to s_{t+1})
     dW = sum_t dgh_t^T s_{t-1}     dU = sum_t dp_t^T x_t     db = sum_t dp_t       (one matmul each)
 
 The manual backward writes each dp_t over the local derivatives of step t as soon as it has read
-them, so it holds no more memory than torch.nn; the price is one backward per forward, unless the
-forward runs inside `retain_buffers()`.
+them, so it needs no (T, B, G*H) buffer of its own (the measured peak memory is at or below
+torch.nn's: README, Speed); the price is one backward per forward, unless the forward runs inside
+`retain_buffers()`.
 
-`Recurrent` wraps this in the calling convention of `torch.nn.RNN` / `LSTM` / `GRU`, and converts
-weights to and from those modules (`from_torch`, `.to_torch()`).
-Left out: several layers, bidirectional layers, `proj_size`, PackedSequence objects (pass lengths).
+`unroll_layers` stacks layers as torch.nn's num_layers does, one `unroll` per layer. `Recurrent` wraps
+it in the calling convention of `torch.nn.RNN` / `LSTM` / `GRU` (num_layers and dropout between layers
+included), and converts weights to and from those modules (`from_torch`, `.to_torch()`).
+Left out: bidirectional layers, `proj_size`, PackedSequence objects (pass lengths).
 """
 
 from __future__ import annotations
@@ -165,8 +175,8 @@ def manual_forward(cell: Cell, x: torch.Tensor, state: State | None = None,
     if cell.n_states == 2:
         buf.c[0] = state[1]
     for t in range(T):
-        cell.forward_t(t, buf)  # writes s_t into buf.h[t + 1] (and c_t into buf.c[t + 1])
-        if mask is not None:  # padded rows keep s_{t-1}
+        cell.forward_t(t, buf)  # writes s_{t+1} into buf.h[t + 1] (and c_{t+1} into buf.c[t + 1])
+        if mask is not None:  # padded rows keep s_t
             torch.where(mask[t], buf.h_t[t + 1], buf.h_t[t], out=buf.h_t[t + 1])
             if cell.n_states == 2:
                 torch.where(mask[t], buf.c_t[t + 1], buf.c_t[t], out=buf.c_t[t + 1])
@@ -186,17 +196,18 @@ def bptt(cell: Cell, buf: Buffers, dh: torch.Tensor, d_out: torch.Tensor | None 
         d_out = d_out * mask  # padded outputs are constants (zero)
     not_mask = None if mask is None else ~mask
     dc = buf.dc if cell.n_states == 2 else None
-    # invariant: entering step t, dh = dL/ds_t (and buf.dc = dL/dc_t); leaving it, dL/ds_{t-1} (and dc_{t-1})
+    # invariant: entering step t (0-based: it maps s_t to s_{t+1}), dh = dL/ds_{t+1} (and buf.dc = dL/dc_{t+1});
+    # leaving it, dL/ds_t (and dL/dc_t)
     for t in reversed(range(buf.h.shape[0] - 1)):
         if d_out is not None:
-            dh += d_out[t]  # s_t also feeds the output at step t
+            dh += d_out[t]  # s_{t+1} also feeds the output d_out[t] belongs to
         if on_step is not None:
             on_step(t + 1, dh, dc)
         if mask is None:
-            cell.backward_t(t, dh, buf)  # writes dp[t], dgh[t], ds_{t-1} (buf.dh_prev, buf.dc)
-            dh, buf.dh_prev = buf.dh_prev, dh  # swap: ds_{t-1} becomes the gradient to carry on
+            cell.backward_t(t, dh, buf)  # writes dp[t], dgh[t], and dL/ds_t (buf.dh_prev; buf.dc)
+            dh, buf.dh_prev = buf.dh_prev, dh  # swap: dL/ds_t becomes the gradient to carry on
             continue
-        # padded rows: s_t = s_{t-1}, so their gradient passes through unchanged
+        # padded rows: s_{t+1} = s_t, so their gradient passes through unchanged
         m, keep = mask[t], not_mask[t]
         dc_keep = dc * keep if dc is not None else None
         if dc_keep is not None:
@@ -276,85 +287,136 @@ class _ManualBPTT(torch.autograd.Function):
 
 
 class Recurrent:
-    """A single-layer recurrent layer called like `torch.nn.RNN` / `LSTM` / `GRU`:
+    """A recurrent layer, or a stack of them, called like `torch.nn.RNN` / `LSTM` / `GRU`:
 
         out, h_n = layer(x, h_0)            (RNN, GRU)
         out, (h_n, c_n) = layer(x, (h_0, c_0))   (LSTM)
 
-    x is (T, B, E) or, with batch_first, (B, T, E); or unbatched (T, E). States are (1, B, H).
+    x is (T, B, E) or, with batch_first, (B, T, E); or unbatched (T, E). States are (N, B, H), one
+    row per layer (N = num_layers), or (N, H) unbatched, as torch.nn's; `out` is the top layer's.
+    With num_layers = N, layer l + 1 reads the outputs of layer l (`unroll_layers`); while training
+    (`.train()`, the default, as torch.nn), `dropout` drops layer l's outputs before layer l + 1 reads
+    them, not after the top layer, as torch.nn does; `.eval()` turns it off.
     `lengths` (B,) may be passed to mask padded steps. Computes with rnnlab's cells, never torch.nn.
     """
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, *, bias: bool = True,
-                 batch_first: bool = False, phi: str = "tanh", backward: str = "autograd", generator=None,
-                 dtype=torch.float32, device=None):
-        self.cell = make_cell(cell, input_size, hidden_size, phi=phi, bias=bias, generator=generator,
-                              dtype=dtype, device=device)
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, phi: str = "tanh", backward: str = "autograd",
+                 generator=None, dtype=torch.float32, device=None):
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
+        # layer 0 reads x (E features); layer l > 0 reads the outputs of layer l - 1 (H features)
+        self.cells: list[Cell] = [make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, phi=phi,
+                                            bias=bias, generator=generator, dtype=dtype, device=device)
+                                  for layer in range(num_layers)]
+        self.num_layers, self.dropout, self.training = num_layers, dropout, True
         self.batch_first, self.backward = batch_first, backward
 
-    def parameters(self) -> list[torch.Tensor]:
-        return [p for p in self.cell.parameters() if p is not None]
+    @property
+    def cell(self) -> Cell:
+        """The bottom layer's cell (the only one when num_layers = 1)."""
+        return self.cells[0]
 
-    def __call__(self, x: torch.Tensor, hx=None, *, lengths=None):
+    def train(self, mode: bool = True) -> Recurrent:
+        """Dropout between layers on (mode=True) or off, as torch.nn.Module.train."""
+        self.training = mode
+        return self
+
+    def eval(self) -> Recurrent:
+        return self.train(False)
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Every layer's W, U, b (and b_hn), bottom layer first."""
+        return [p for c in self.cells for p in c.parameters() if p is not None]
+
+    def __call__(self, x: torch.Tensor, hx=None, *, lengths=None, generator: torch.Generator | None = None):
+        """generator: draws the dropout masks while training (default: one seeded from torch's global
+        generator, so torch.manual_seed repeats them)."""
         unbatched = x.dim() == 2
         if unbatched:
             x = x.unsqueeze(1)  # (T, 1, E)
-        state = None
+        states = None
         if hx is not None:
             hx = (hx,) if isinstance(hx, torch.Tensor) else tuple(hx)
-            state = tuple(h.reshape(1, -1) if unbatched else h.squeeze(0) for h in hx)  # (1, B, H) -> (B, H)
+            N, H = self.num_layers, self.cell.hidden_size
+            want = (N, H) if unbatched else (N, x.shape[0] if self.batch_first else x.shape[1], H)
+            for h in hx:
+                if h.shape != want:
+                    raise ValueError(f"initial states must have shape {want} (num_layers, batch, hidden), "
+                                     f"got {tuple(h.shape)}")
+            hx = tuple(h.unsqueeze(1) if unbatched else h for h in hx)  # (N, B, H)
+            states = [tuple(h[layer] for h in hx) for layer in range(N)]  # layer l's (h_0, [c_0]), each (B, H)
+        drop = None
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            if generator is None:
+                generator = torch.Generator(device=x.device)
+                generator.manual_seed(int(torch.randint(2**62, ())))
+            drop = (self.dropout, generator)
         batch_first = self.batch_first and not unbatched
-        out, state = unroll(self.cell, x, state, lengths, self.backward, batch_first=batch_first)  # out (T, B, H)
+        out, finals = unroll_layers(self.cells, x, states, lengths, self.backward, drop,
+                                    batch_first=batch_first)  # out (T, B, H): the top layer's
+        # finals: per layer (h_n, [c_n]) -> h_n (N, B, H) [, c_n (N, B, H)], bottom layer first
+        state = tuple(torch.stack([f[k] for f in finals]) for k in range(self.cell.n_states))
         if unbatched:
-            out, state = out[:, 0], tuple(s.reshape(1, -1) for s in state)
-        else:
-            out = out.transpose(0, 1) if self.batch_first else out
-            state = tuple(s.unsqueeze(0) for s in state)
+            out, state = out[:, 0], tuple(s[:, 0] for s in state)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
         return out, (state if self.cell.n_states == 2 else state[0])
 
     @classmethod
     def from_torch(cls, module: torch.nn.Module, backward: str = "autograd") -> Recurrent:
-        """An rnnlab layer with the weights of a single-layer unidirectional nn.RNN/LSTM/GRU."""
+        """An rnnlab layer with the weights of a unidirectional nn.RNN/LSTM/GRU (any num_layers; its
+        dropout and training mode too)."""
         kind = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}.get(type(module).__name__)
         if kind is None:
             raise TypeError(f"from_torch takes torch.nn.RNN, LSTM or GRU, got {type(module).__name__}")
-        if module.num_layers != 1 or module.bidirectional or getattr(module, "proj_size", 0):
-            raise ValueError("from_torch supports one layer, one direction, no proj_size")
+        if module.bidirectional or getattr(module, "proj_size", 0):
+            raise ValueError("from_torch supports one direction and no proj_size")
         phi = getattr(module, "nonlinearity", "tanh")
         w = module.weight_hh_l0
-        layer = cls(kind, module.input_size, module.hidden_size, bias=module.bias, batch_first=module.batch_first,
-                    phi=phi, backward=backward, dtype=w.dtype, device=w.device)
-        c, H = layer.cell, module.hidden_size
+        layer = cls(kind, module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
+                    batch_first=module.batch_first, dropout=module.dropout, phi=phi, backward=backward,
+                    dtype=w.dtype, device=w.device)
+        layer.train(module.training)
+        H = module.hidden_size
         with torch.no_grad():
-            c.W.copy_(module.weight_hh_l0)
-            c.U.copy_(module.weight_ih_l0)
-            if module.bias:
-                b_ih, b_hh = module.bias_ih_l0, module.bias_hh_l0
-                if kind == "gru":  # b_hr and b_hz only add; b_hn is multiplied by r
-                    c.b.copy_(b_ih)
-                    c.b[: 2 * H] += b_hh[: 2 * H]
-                    c.b_hn.copy_(b_hh[2 * H :])
-                else:
-                    c.b.copy_(b_ih + b_hh)
+            for k, c in enumerate(layer.cells):  # layer k: weight_hh_l{k}, weight_ih_l{k}, bias_ih_l{k}, bias_hh_l{k}
+                c.W.copy_(getattr(module, f"weight_hh_l{k}"))
+                c.U.copy_(getattr(module, f"weight_ih_l{k}"))
+                if module.bias:
+                    b_ih, b_hh = getattr(module, f"bias_ih_l{k}"), getattr(module, f"bias_hh_l{k}")
+                    if kind == "gru":  # b_hr and b_hz only add; b_hn is multiplied by r
+                        c.b.copy_(b_ih)
+                        c.b[: 2 * H] += b_hh[: 2 * H]
+                        c.b_hn.copy_(b_hh[2 * H :])
+                    else:
+                        c.b.copy_(b_ih + b_hh)
         return layer
 
     def to_torch(self) -> torch.nn.Module:
-        """The equivalent torch.nn module (b goes to bias_ih, bias_hh is zero but for the GRU's b_hn)."""
+        """The equivalent torch.nn module, num_layers, dropout and training mode included (b goes to
+        bias_ih_l{k}, bias_hh_l{k} is zero but for the GRU's b_hn)."""
         c = self.cell
-        kw = dict(bias=c.b is not None, batch_first=self.batch_first, dtype=c.W.dtype, device=c.W.device)
+        kw = dict(num_layers=self.num_layers, bias=c.b is not None, batch_first=self.batch_first,
+                  dropout=self.dropout, dtype=c.W.dtype, device=c.W.device)
         if c.name == "rnn":
             module = torch.nn.RNN(c.input_size, c.hidden_size, nonlinearity=c.phi, **kw)
         else:
             module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[c.name](c.input_size, c.hidden_size, **kw)
+        module.train(self.training)
         H = c.hidden_size
         with torch.no_grad():
-            module.weight_hh_l0.copy_(c.W)
-            module.weight_ih_l0.copy_(c.U)
-            if c.b is not None:
-                module.bias_ih_l0.copy_(c.b)
-                module.bias_hh_l0.zero_()
-                if c.name == "gru":
-                    module.bias_hh_l0[2 * H :] = c.b_hn
+            for k, c in enumerate(self.cells):
+                getattr(module, f"weight_hh_l{k}").copy_(c.W)
+                getattr(module, f"weight_ih_l{k}").copy_(c.U)
+                if c.b is not None:
+                    b_ih, b_hh = getattr(module, f"bias_ih_l{k}"), getattr(module, f"bias_hh_l{k}")
+                    b_ih.copy_(c.b)
+                    b_hh.zero_()
+                    if c.name == "gru":
+                        b_hh[2 * H :] = c.b_hn
         return module
 
 

@@ -62,7 +62,9 @@ def write_report(run_dir, sentences: list[str] | None = None, out_dir=None) -> l
             history = list(csv.DictReader(f))
 
     parts = [f"<h1>rnnlab run: {_e(run.resolve().name)}</h1>",
-             f"<p>{_e(config.cell.upper())}, H = {config.hidden}, {len(vocab):,} words, classes "
+             f"<p>{_e(config.cell.upper())}, H = {config.hidden}"
+             f"{f', {config.layers} layers (traces: the top one)' if config.layers > 1 else ''}, "
+             f"{len(vocab):,} words, classes "
              f"{_e(', '.join(label_names))}; {len(history)} epochs.</p>", _data_html(_read_json(run / DATA, None))]
     if metrics:
         parts.append(_metrics_html(metrics))

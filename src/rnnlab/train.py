@@ -1,23 +1,32 @@
-"""Training, evaluation and prediction on real sentences: `rnnlab train / evaluate / predict`.
+"""Training: one loop, in short stages, shared by the sentence classifier and the language model.
 
-`train(config, data, out_dir)` is the whole run, and its loop reads in the order it happens:
+`train(config, data, out_dir)` trains a classifier; `lm.train_lm` a language model. Both are
 
-    for each epoch:
-        for each batch (shuffled from the seed and the epoch number, padded, with lengths):
-            forward -> cross-entropy loss -> backward -> clip -> optimiser step
-        evaluate on the validation split (no gradients) -> log -> keep the best checkpoint -> early stop
-    reload the best weights -> test -> write history, curves, confusion matrix
+    run = open_run(...)                           resume from last.pt, or start a fresh run folder
+    fit(run, task):
+        for each epoch:
+            train_epoch: for each step of the epoch (the task decides what a step reads):
+                task.step: forward -> cross-entropy loss -> backward (-> average over processes)
+                update:    clip -> learning rate of the schedule -> optimiser step
+            end_epoch: task.validate (no gradients) -> log -> keep the best checkpoint -> early stop
+    task.finish: reload the best weights -> test -> write history, curves and the task's own records
 
-The batch order of epoch e depends only on (seed, e), so a run stopped with Ctrl-C (which saves
-`last.pt`) and resumed with `--resume` ends with exactly the weights of an uninterrupted run. Ctrl-C
-is held until the step under way is finished, so `last.pt` is always saved between two steps, never
-in the middle of an optimiser update; a second Ctrl-C stops at once and saves nothing (the `last.pt`
-of the previous epoch stays, and resuming from it is just as exact).
+What a task supplies (`ClassifierTask` below, `lm.LMTask`): `start_epoch` (how many steps the epoch
+has), `step` (one batch's forward and backward, returning its summed loss, correct count and size),
+`validate` and `finish`. Everything else is shared: the held Ctrl-C, the budget (`--epochs`,
+`--steps`, `--minutes`, whichever first), checkpoints, the NaN guard, the progress bar.
+
+The batches of epoch e depend only on (seed, e), so a run stopped with Ctrl-C (which saves `last.pt`)
+and resumed with `--resume` ends with exactly the weights of an uninterrupted run. Ctrl-C is held
+until the step under way is finished, so `last.pt` is always saved between two steps, never in the
+middle of an optimiser update; a second Ctrl-C stops at once and saves nothing (the `last.pt` of the
+previous epoch stays, and resuming from it is just as exact). What a step carries to the next (the
+language model's final states) is committed to the run's progress only with the step itself.
 A loss, gradient norm or validation loss that is NaN or inf stops the run before anything is saved,
 so `model.pt` and `last.pt` keep the last good weights.
 Several processes (torchrun, one shard of every batch each, gradients averaged by one all-reduce) go
 through `team` (see distributed.py); a single process gets `distributed.Alone`, which changes nothing.
-Left out: learning-rate schedules from the command line, mixed precision.
+Left out: mixed precision, callbacks (two tasks, one loop: a task is four functions).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +49,9 @@ from rnnlab import checkpoint, distributed
 from rnnlab.config import Config
 from rnnlab.data import Dataset, Vocab, batches, encode_dataset, load_dataset, split_dataset, tokenize
 from rnnlab.errors import UserError
+from rnnlab.evaluate import evaluate_dataset, evaluate_ids, predict_ids
 from rnnlab.model import Classifier
-from rnnlab.optim import clip_grad_norm, make_optimizer
+from rnnlab.optim import LRSchedule, Optimizer, clip_grad_norm, make_optimizer, make_schedule
 
 
 @dataclass
@@ -65,226 +76,221 @@ def step_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Gen
     return torch.Generator().manual_seed(seed * 1_000_003 + rank if rank else seed)
 
 
-# -- metrics ------------------------------------------------------------------------------------------
-def confusion_matrix(y_true: list[int], y_pred: list[int], num_classes: int) -> list[list[int]]:
-    """counts[true][predicted]"""
-    m = [[0] * num_classes for _ in range(num_classes)]
-    for t, p in zip(y_true, y_pred):
-        m[t][p] += 1
-    return m
+# -- the run: what every stage shares ------------------------------------------------------------------
+@dataclass
+class Run:
+    """One training run: settings, folder, model, optimiser, processes, and the progress that resumes.
 
-
-def metrics(y_true: list[int], y_pred: list[int], label_names: list[str], loss: float | None = None) -> dict:
-    """Accuracy, per-class precision / recall / F1 and the confusion matrix."""
-    C = len(label_names)
-    cm = confusion_matrix(y_true, y_pred, C)
-    per_class = {}
-    for c, name in enumerate(label_names):
-        tp = cm[c][c]
-        predicted = sum(cm[t][c] for t in range(C))
-        actual = sum(cm[c])
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
-    n = len(y_true)
-    return {"n": n, "accuracy": sum(cm[c][c] for c in range(C)) / n if n else 0.0, "loss": loss,
-            "per_class": per_class, "confusion": cm, "label_names": list(label_names)}
-
-
-@torch.no_grad()
-def predict_ids(model: Classifier, ids: list[list[int]], batch_size: int = 256) -> torch.Tensor:
-    """Class probabilities (N, C) on the CPU for encoded sentences, in their order."""
-    device = model.W_out.device  # batches are built on the CPU; the model may sit on a GPU
-    probs = []
-    for x, lengths, _ in batches(ids, [0] * len(ids), batch_size, shuffle=False):
-        probs.append(model.predict_proba(x.to(device), lengths.to(device)).cpu())
-    return torch.cat(probs) if probs else torch.empty(0, model.num_classes)
-
-
-def evaluate_ids(model: Classifier, ids: list[list[int]], labels: list[int], label_names: list[str]) -> dict:
-    probs = predict_ids(model, ids)
-    y = torch.tensor(labels)
-    loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-45)), y)) if len(labels) else float("nan")
-    return metrics(labels, probs.argmax(1).tolist(), label_names, loss)
-
-
-# -- training -----------------------------------------------------------------------------------------
-def _splits(config: Config, data, fmt, val_data, test_data, text_column, label_column):
-    full = load_dataset(data, fmt, text_column=text_column, label_column=label_column)
-    if val_data is None and test_data is None:
-        return split_dataset(full, config.val_frac, config.test_frac, config.seed)
-    names = full.label_names
-    val = load_dataset(val_data, fmt, text_column=text_column, label_column=label_column, label_names=names) \
-        if val_data else None
-    test = load_dataset(test_data, fmt, text_column=text_column, label_column=label_column, label_names=names) \
-        if test_data else None
-    if val is None:  # carve validation out of the training file
-        train, val, _ = split_dataset(full, config.val_frac, 0.0, config.seed)
-    else:
-        train = full
-    return train, val, test
-
-
-def _check_classes(train: Dataset) -> None:
-    for name, count in zip(train.label_names, train.class_counts()):
-        if count == 0:
-            raise UserError(f"class {name!r} has no training examples; add some or drop the class",
-                            path=train.source)
-
-
-def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, val_data=None, test_data=None,
-          text_column=None, label_column=None, resume: bool = False, log=print, progress: bool | None = None,
-          plots: bool = True, report: bool = False, team: distributed.Alone | None = None) -> TrainResult:
-    """Train a classifier on `data` (see `load_dataset` for formats) and write a run folder.
-
-    team: this process's place in a data-parallel job (`distributed.launch`); None for a single process.
-    Only rank 0 logs and writes files; it alone returns the test metrics and the files.
+    progress: epoch and step to go on from, the running sums of the epoch (loss_sum, correct, seen),
+    best_val_loss, bad_epochs, history, seconds trained before this process; a task adds its own.
+    keys: what a checkpoint holds besides weights and progress (the vocabulary, the label names).
     """
-    config.validate()
-    team = team or distributed.Alone()
+
+    config: Config
+    out: Path
+    model: object  # Classifier or lm.LanguageModel: parameters(), state_dict(), load_state_dict()
+    optimizer: Optimizer
+    team: distributed.Alone
+    log: Callable
+    show_bar: bool
+    keys: dict
+    schedule: LRSchedule | None = None
+    progress: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)  # this process's start, for --minutes
+
+    def save(self, name: str, **progress) -> None:
+        """Write a checkpoint atomically (rank 0 only): weights, optimiser state and progress."""
+        if not self.team.is_main:
+            return
+        ckpt = checkpoint.make(self.model, self.config, self.keys["vocab"], self.keys["label_names"],
+                               optimizer=self.optimizer.state_dict(), progress={**self.progress, **progress},
+                               **{k: v for k, v in self.keys.items() if k not in ("vocab", "label_names")})
+        checkpoint.atomic_save(ckpt, self.out / name)
+
+    def seconds(self) -> float:
+        """Training seconds so far, across resumes."""
+        return self.progress.get("seconds", 0.0) + time.perf_counter() - self.started
+
+    def budget_spent(self) -> bool:
+        """--steps (optimiser steps) or --minutes (wall clock) reached; --epochs is the loop's own bound."""
+        c = self.config
+        return (c.steps is not None and self.optimizer.step_count >= c.steps) or \
+               (c.minutes is not None and self.seconds() >= 60 * c.minutes)
+
+
+def open_run(config: Config, out: Path, model, keys: dict, *, resume: bool, fresh: dict, team, log,
+             progress: bool | None, total_steps: int) -> Run:
+    """The optimiser and schedule for `model`, then resume from `out`/last.pt or start a new folder.
+
+    fresh: the task's own starting progress (added to the shared one). With several processes, rank 0
+    opens the folder and every rank goes on from its weights, optimiser state and progress."""
     if not team.is_main:  # the other ranks train in silence
         log, progress = _quiet, False
-    out = Path(out_dir)
-    torch.manual_seed(config.seed)
-
-    # data: split, vocabulary from the training split only, ids
-    train_ds, val_ds, test_ds = _splits(config, data, fmt, val_data, test_data, text_column, label_column)
-    _check_classes(train_ds)
-    if not len(val_ds):  # early stopping and the best checkpoint are chosen on the validation split
-        raise UserError("no validation examples; pass --val FILE or a --val-frac above 0", path=train_ds.source)
-    label_names = train_ds.label_names
-    vocab = Vocab.build([tokenize(t, config.lowercase) for t in train_ds.texts], config.min_freq, config.max_vocab)
-    train_ids = encode_dataset(train_ds, vocab, config.lowercase)
-    val_ids = encode_dataset(val_ds, vocab, config.lowercase)
-
-    # model and optimiser
-    model = Classifier(len(vocab), config.hidden, len(label_names), cell=config.cell, phi=config.phi,
-                       embed_dim=config.embed_dim, backward=config.backward, seed=config.seed, device=config.device)
-    params = model.parameters()
-    optimizer = make_optimizer(config.optimizer, params, config.lr, momentum=config.momentum,
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
+    schedule = make_schedule(config.schedule, optimizer, total_steps, config.warmup)
+    run = Run(config, Path(out), model, optimizer, team, log, sys.stderr.isatty() if progress is None else progress,
+              keys, schedule)
 
-    def open_run() -> dict:  # on rank 0 only, with several processes
+    def open_on_rank0() -> dict:
         if resume:
-            state = _resume(out, config, vocab, label_names, model, optimizer, log)
-        elif any((out / name).exists() for name in (checkpoint.BEST, checkpoint.LAST)):  # never overwrite a run
+            state = _resume(run)
+        elif any((run.out / name).exists() for name in (checkpoint.BEST, checkpoint.LAST)):  # never overwrite
             raise UserError("this run folder already holds a checkpoint; continue it with --resume, or train into "
-                            "a new --out", path=out)
+                            "a new --out", path=run.out)
         else:
             state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "best_val_loss": math.inf,
-                     "bad_epochs": 0, "history": []}
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(config.to_json() + "\n")
+                     "bad_epochs": 0, "history": [], **fresh}
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / "config.json").write_text(config.to_json() + "\n")
         return state
 
-    progress_state = team.start(out, model, optimizer, open_run)  # every rank goes on from rank 0's state
-    history = progress_state["history"]
-    log(f"train {len(train_ds)}  val {len(val_ds)}  test {len(test_ds) if test_ds else 0}  vocab {len(vocab)}  "
-        f"classes {label_names}  parameters {model.num_parameters():,}  -> {out}")
+    run.progress = team.start(run.out, model, optimizer, open_on_rank0)  # every rank from rank 0's state
+    return run
 
-    def save(name: str, **progress) -> None:
-        if not team.is_main:
-            return
-        ckpt = checkpoint.make(model, config, vocab, label_names, optimizer=optimizer.state_dict(),
-                               progress={**progress_state, **progress})
-        checkpoint.atomic_save(ckpt, out / name)
 
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    stopped_early = config.patience is not None and progress_state["bad_epochs"] >= config.patience
-    for epoch in range(progress_state["epoch"], config.epochs):
-        if stopped_early:  # a resumed run that had stopped early stays stopped, as the uninterrupted run did
-            break
+# settings a resumed run may change: its budget and stopping rule (a longer run), and where it computes
+RESUME_MAY_CHANGE = ("epochs", "steps", "minutes", "patience", "device")
+
+
+def _resume(run: Run) -> dict:
+    out = run.out
+    if not (out / checkpoint.LAST).is_file():
+        raise UserError("nothing to resume: no last.pt here; drop --resume to start a new run, or pass the "
+                        "run's folder as --out", path=out / checkpoint.LAST)
+    ckpt = checkpoint.read(out, checkpoint.LAST)
+    saved_config = Config.from_dict(ckpt.get("config", {})).to_dict()
+    changed = sorted(k for k, v in run.config.to_dict().items() if saved_config.get(k) != v)
+    refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if refused:
+        raise UserError(f"cannot resume with different settings ({', '.join(refused)}); leave those flags out to "
+                        f"keep the run's config.json, or start a new --out", path=out / checkpoint.LAST)
+    if any(ckpt.get(k) != (v.to_list() if hasattr(v, "to_list") else v) for k, v in run.keys.items()):
+        raise UserError("cannot resume on different data; pass the same --data as the run", path=out / checkpoint.LAST)
+    try:
+        run.model.load_state_dict(ckpt["weights"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        state = dict(ckpt["progress"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "
+                        "damaged, train again", path=out / checkpoint.LAST) from None
+    state["history"] = [dict(r) for r in state["history"]]
+    if changed:
+        state.pop("budget_spent", None)  # a bigger budget: fit() checks the new one
+        run.log(f"resuming with {', '.join(f'{k} {saved_config.get(k)} -> {getattr(run.config, k)}' for k in changed)}")
+    run.log(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
+    return state
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+def fit(run: Run, task) -> bool:
+    """Epochs until --epochs, the budget (--steps, --minutes) or early stopping; True if it stopped early."""
+    stopped = _stopped(run)
+    for epoch in range(run.progress["epoch"], run.config.epochs):
+        if stopped or run.budget_spent():  # a resumed run that had stopped stays stopped, as the uninterrupted
+            break                          # run did
         t0 = time.perf_counter()
-        epoch_batches = list(batches(train_ids, train_ds.labels, config.batch_size, shuffle=True,
-                                     generator=epoch_generator(config.seed, epoch), bucket=config.bucket))
-        start = progress_state["step"] if epoch == progress_state["epoch"] else 0
-        if start == 0:
-            progress_state.update(loss_sum=0.0, correct=0, seen=0)
-        bar = _progress(len(epoch_batches), start, f"epoch {epoch + 1}/{config.epochs}", show_bar)
-        done = start  # steps of this epoch whose update is applied and counted
-        try:
-            with _HeldCtrlC() as ctrl_c:
-                for step in range(start, len(epoch_batches)):
-                    ctrl_c.check()  # a Ctrl-C pressed during the previous step stops here, between steps
-                    x, lengths, y, rows = team.shard(epoch_batches[step], config.device)  # alone: the whole batch
-                    drop = (config.dropout, step_generator(config.seed, epoch, step, team.rank)) \
-                        if config.dropout else None
-                    logits = model(x, lengths, dropout=drop)  # forward
-                    loss = F.cross_entropy(logits, y)  # loss
-                    loss.backward()  # backward (autograd, or the hand BPTT inside the cell)
-                    loss_sum, correct, seen = team.sum_step(params, loss, logits, y, rows)  # average over ranks
-                    _check_finite("loss", loss_sum / seen, epoch, step, config, out)  # the same on every rank
-                    if config.clip:
-                        norm = clip_grad_norm(params, config.clip)  # clip
-                        _check_finite("gradient norm", norm.item(), epoch, step, config, out)  # before it reaches W
-                    optimizer.step()  # step
-                    optimizer.zero_grad()
-                    progress_state["loss_sum"] += loss_sum
-                    progress_state["correct"] += correct
-                    progress_state["seen"] += seen
-                    done = step + 1
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{progress_state['loss_sum'] / progress_state['seen']:.4f}")
-                ctrl_c.check()  # pressed during the epoch's last step
-        except KeyboardInterrupt:  # keep what was done: the next --resume continues from step `done`
-            if bar is not None:
-                bar.close()
-            if ctrl_c.forced:
-                log(f"stopped without saving; {out / checkpoint.LAST} holds the end of an earlier epoch")
-                raise
-            save(checkpoint.LAST, epoch=epoch, step=done)
-            log(f"interrupted at epoch {epoch + 1}, step {done}; saved {out / checkpoint.LAST}; continue with --resume")
-            raise
+        finished = train_epoch(run, task, epoch)
+        stopped = end_epoch(run, task, epoch, finished, time.perf_counter() - t0)
+    return stopped
+
+
+def _stopped(run: Run) -> bool:
+    patience = run.config.patience
+    return run.progress.get("budget_spent", False) or (patience is not None and run.progress["bad_epochs"] >= patience)
+
+
+def train_epoch(run: Run, task, epoch: int) -> bool:
+    """The steps of one epoch, from where the run stands; False if the budget ran out before its end.
+
+    Ctrl-C is held until the step under way is counted; then last.pt is saved and KeyboardInterrupt raised."""
+    start = run.progress["step"] if epoch == run.progress["epoch"] else 0
+    if start == 0:
+        run.progress.update(loss_sum=0.0, correct=0, seen=0)
+    n_steps = task.start_epoch(run, epoch, start)
+    bar = _progress(n_steps, start, f"epoch {epoch + 1}/{run.config.epochs}", run.show_bar)
+    done = start  # steps of this epoch whose update is applied and counted
+    try:
+        with _HeldCtrlC() as ctrl_c:
+            for step in range(start, n_steps):
+                ctrl_c.check()  # a Ctrl-C pressed during the previous step stops here, between steps
+                if run.budget_spent():
+                    break
+                loss_sum, correct, seen, carry = task.step(run, epoch, step)  # forward, loss, backward
+                update(run, loss_sum / seen, epoch, step)  # clip, schedule, optimiser step
+                run.progress.update(loss_sum=run.progress["loss_sum"] + loss_sum, correct=run.progress["correct"]
+                                    + correct, seen=run.progress["seen"] + seen, **carry)  # the step is counted
+                done = step + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(task.postfix(run))
+            ctrl_c.check()  # pressed during the epoch's last step
+    except KeyboardInterrupt:  # keep what was done: the next --resume continues from step `done`
         if bar is not None:
             bar.close()
+        if ctrl_c.forced:
+            run.log(f"stopped without saving; {run.out / checkpoint.LAST} holds the end of an earlier epoch")
+            raise
+        run.save(checkpoint.LAST, epoch=epoch, step=done, seconds=run.seconds())
+        run.log(f"interrupted at epoch {epoch + 1}, step {done}; saved {run.out / checkpoint.LAST}; continue with "
+                "--resume")
+        raise
+    if bar is not None:
+        bar.close()
+    run.progress["step"] = done
+    return done == n_steps
 
-        # evaluate on the validation split, log, keep the best, stop early
-        val = evaluate_ids(model, val_ids, val_ds.labels, label_names)
-        row = {"epoch": epoch + 1, "train_loss": progress_state["loss_sum"] / progress_state["seen"],
-               "train_acc": progress_state["correct"] / progress_state["seen"], "val_loss": val["loss"],
-               "val_acc": val["accuracy"], "seconds": time.perf_counter() - t0}
-        history.append(row)
-        log(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  ({row['seconds']:.1f}s)")
-        _check_finite("validation loss", val["loss"], epoch, None, config, out)  # before anything is saved
-        progress_state.update(epoch=epoch + 1, step=0)
-        if val["loss"] < progress_state["best_val_loss"]:
-            progress_state.update(best_val_loss=val["loss"], bad_epochs=0)
-            save(checkpoint.BEST)
-        else:
-            progress_state["bad_epochs"] += 1
-        save(checkpoint.LAST)
-        if config.patience is not None and progress_state["bad_epochs"] >= config.patience:
-            log(f"early stop: no better validation loss for {config.patience} epochs")
-            stopped_early = True
-            break
 
-    if not team.is_main:  # rank 0 tests and writes the run's record
-        return TrainResult(out, history, None, model, [], stopped_early)
+def update(run: Run, loss: float, epoch: int, step: int) -> None:
+    """clip -> the schedule's learning rate -> optimiser step, after the NaN guard."""
+    params = run.model.parameters()
+    _check_finite("loss", loss, epoch, step, run)  # the same on every rank
+    if run.config.clip:
+        norm = clip_grad_norm(params, run.config.clip)  # clip
+        _check_finite("gradient norm", norm.item(), epoch, step, run)  # before it reaches W
+    if run.schedule is not None:
+        run.optimizer.lr = run.schedule.lr_at(run.optimizer.step_count)  # lr of this step, from the step count
+    run.optimizer.step()  # step
+    run.optimizer.zero_grad()
 
-    # reload the best weights, test, and write the run's record
-    best, *_ = checkpoint.load_model(out)
-    model.load_state_dict(best.state_dict())
-    test = None
-    if test_ds is not None and len(test_ds):
-        test = evaluate_dataset(model, test_ds, vocab, config.lowercase, label_names)
-        log(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  (best epoch by validation loss)")
-    files = _write_records(out, history, test, label_names, plots)
-    held_out = test_ds if test_ds is not None and len(test_ds) else val_ds
-    files.append(_write_samples(out, held_out, label_names, model, vocab, config.lowercase))
-    from rnnlab.report import write_data_record  # data.json: where each split came from, for the report
 
-    files.append(write_data_record(out, {"train": train_ds, "validation": val_ds, "test": test_ds}))
-    files += [out / "config.json", out / checkpoint.BEST, out / checkpoint.LAST]
-    if report:  # the HTML page that shows all of the above, with the samples' explain traces
-        from rnnlab.report import write_report
+def end_epoch(run: Run, task, epoch: int, finished: bool, seconds: float) -> bool:
+    """Validate, log, keep the best checkpoint and last.pt; True when the run stops here."""
+    row = task.validate(run, epoch)
+    row["seconds"] = seconds
+    run.progress["history"].append(row)
+    run.log(task.describe(row))
+    _check_finite("validation loss", row["val_loss"], epoch, None, run)  # before anything is saved
+    if finished:
+        run.progress.update(epoch=epoch + 1, step=0)
+    else:  # the budget ran out inside the epoch: a resumed run stays stopped
+        run.progress.update(epoch=epoch, budget_spent=True)
+    if row["val_loss"] < run.progress["best_val_loss"]:
+        run.progress.update(best_val_loss=row["val_loss"], bad_epochs=0)
+        run.save(checkpoint.BEST)
+    else:
+        run.progress["bad_epochs"] += 1
+    run.save(checkpoint.LAST, seconds=run.seconds())
+    if not finished:
+        run.log("stopped: the training budget (--steps / --minutes) is spent")
+        return True
+    if run.config.patience is not None and run.progress["bad_epochs"] >= run.config.patience:
+        run.log(f"early stop: no better validation loss for {run.config.patience} epochs")
+        return True
+    return False
 
-        files += write_report(out)
-    for f in files:
-        log(f"wrote {f}")
-    return TrainResult(out, history, test, model, files, stopped_early)
+
+def reload_best(run: Run) -> None:
+    """The weights of model.pt (the best validation loss) back into the model."""
+    run.model.load_state_dict(checkpoint.read(run.out)["weights"])
+
+
+def write_history(out: Path, history: list[dict]) -> Path:
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    return out / "history.csv"
 
 
 def _quiet(*_) -> None:
@@ -322,13 +328,14 @@ class _HeldCtrlC:
         return False
 
 
-def _check_finite(what: str, value: float, epoch: int, step: int | None, config: Config, out: Path) -> None:
+def _check_finite(what: str, value: float, epoch: int, step: int | None, run: Run) -> None:
     """Stop on a NaN or inf, before it reaches a checkpoint; the files on disk keep the last good weights."""
     if not math.isfinite(value):
         when = f"at epoch {epoch + 1}, step {step + 1}" if step is not None else f"after epoch {epoch + 1}"
-        kept = "the last good checkpoint is kept" if (out / checkpoint.LAST).exists() else "no checkpoint was written"
+        kept = "the last good checkpoint is kept" if (run.out / checkpoint.LAST).exists() else \
+            "no checkpoint was written"
         raise UserError(f"the {what} became {value} {when}; lower --lr (now "
-                        f"{config.lr:g}) or clip gradients (e.g. --clip 1); {kept}", path=out)
+                        f"{run.config.lr:g}) or clip gradients (e.g. --clip 1); {kept}", path=run.out)
 
 
 def _progress(total: int, start: int, desc: str, show: bool):
@@ -339,32 +346,136 @@ def _progress(total: int, start: int, desc: str, show: bool):
     return tqdm(total=total, initial=start, desc=desc, leave=False, file=sys.stderr)
 
 
-def _resume(out: Path, config: Config, vocab: Vocab, label_names, model, optimizer, log) -> dict:
-    if not (out / checkpoint.LAST).is_file():
-        raise UserError("nothing to resume: no last.pt here; drop --resume to start a new run, or pass the "
-                        "run's folder as --out", path=out / checkpoint.LAST)
-    _, saved_config, saved_vocab, saved_labels, ckpt = checkpoint.load_model(out, checkpoint.LAST)
-    if saved_config.to_dict() != config.to_dict():
-        changed = sorted(k for k, v in config.to_dict().items() if saved_config.to_dict().get(k) != v)
-        raise UserError(f"cannot resume with different settings ({', '.join(changed)}); use the run's "
-                        f"config.json or start a new --out", path=out / checkpoint.LAST)
-    if saved_vocab.to_list() != vocab.to_list() or saved_labels != label_names:
-        raise UserError("cannot resume on different data; pass the same --data as the run", path=out / checkpoint.LAST)
-    model.load_state_dict(ckpt["weights"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    state = dict(ckpt["progress"])
-    state["history"] = [dict(r) for r in state["history"]]
-    log(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
-    return state
+# -- the classifier ---------------------------------------------------------------------------------------
+def _splits(config: Config, data, fmt, val_data, test_data, **reading):
+    """(train, val, test) datasets; reading: text_column, label_column, encoding (see load_dataset)."""
+    full = load_dataset(data, fmt, **reading)
+    if val_data is None and test_data is None:
+        return split_dataset(full, config.val_frac, config.test_frac, config.seed)
+    names = full.label_names
+    val = load_dataset(val_data, fmt, label_names=names, **reading) if val_data else None
+    test = load_dataset(test_data, fmt, label_names=names, **reading) if test_data else None
+    if val is None:  # carve validation out of the training file
+        train, val, _ = split_dataset(full, config.val_frac, 0.0, config.seed)
+    else:
+        train = full
+    return train, val, test
 
 
-def evaluate_dataset(model: Classifier, ds: Dataset, vocab: Vocab, lowercase: bool, label_names: list[str]) -> dict:
-    """`evaluate_ids` on a labelled data set, plus its unknown-word rate; each text is tokenised once."""
-    tokens = [tokenize(t, lowercase) for t in ds.texts]
-    result = evaluate_ids(model, [vocab.encode(t) for t in tokens], ds.labels, label_names)
-    total = sum(len(t) for t in tokens)
-    result["unknown_rate"] = sum(vocab.count_unknown(t) for t in tokens) / total if total else 0.0
-    return result
+def _check_classes(train: Dataset) -> None:
+    for name, count in zip(train.label_names, train.class_counts()):
+        if count == 0:
+            raise UserError(f"class {name!r} has no training examples; add some or drop the class",
+                            path=train.source)
+
+
+@dataclass
+class ClassifierTask:
+    """Labelled sentences: a step is one shuffled, padded batch; validation is accuracy and loss."""
+
+    train_ds: Dataset
+    val_ds: Dataset
+    test_ds: Dataset | None
+    vocab: Vocab
+    train_ids: list[list[int]]
+    val_ids: list[list[int]]
+    epoch_batches: list = field(default_factory=list)
+
+    def start_epoch(self, run: Run, epoch: int, start: int) -> int:
+        """This epoch's batches, shuffled from (seed, epoch) only."""
+        c = run.config
+        self.epoch_batches = list(batches(self.train_ids, self.train_ds.labels, c.batch_size, shuffle=True,
+                                          generator=epoch_generator(c.seed, epoch), bucket=c.bucket))
+        return len(self.epoch_batches)
+
+    def step(self, run: Run, epoch: int, step: int):
+        """forward -> cross-entropy -> backward on one batch; (loss sum, correct, rows, nothing to carry)."""
+        c = run.config
+        x, lengths, y, rows = run.team.shard(self.epoch_batches[step], c.device)  # alone: the whole batch
+        drop = (c.dropout, step_generator(c.seed, epoch, step, run.team.rank)) if c.dropout else None
+        logits = run.model(x, lengths, dropout=drop)  # forward
+        loss = F.cross_entropy(logits, y)  # loss
+        loss.backward()  # backward (autograd, or the hand BPTT inside the cell)
+        loss_sum, correct, seen = run.team.sum_step(run.model.parameters(), loss, logits, y, rows)  # over ranks
+        return loss_sum, correct, seen, {}
+
+    @staticmethod
+    def postfix(run: Run) -> dict:
+        return {"loss": f"{run.progress['loss_sum'] / run.progress['seen']:.4f}"}
+
+    def validate(self, run: Run, epoch: int) -> dict:
+        val = evaluate_ids(run.model, self.val_ids, self.val_ds.labels, self.train_ds.label_names)
+        p = run.progress
+        return {"epoch": epoch + 1, "train_loss": p["loss_sum"] / p["seen"], "train_acc": p["correct"] / p["seen"],
+                "val_loss": val["loss"], "val_acc": val["accuracy"]}
+
+    @staticmethod
+    def describe(row: dict) -> str:
+        return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  ({row['seconds']:.1f}s)")
+
+    def finish(self, run: Run, plots: bool, report: bool) -> tuple[dict | None, list[Path]]:
+        """Reload the best weights, test, and write the run's record (rank 0)."""
+        reload_best(run)
+        c, names, test_ds = run.config, self.train_ds.label_names, self.test_ds
+        test = None
+        if test_ds is not None and len(test_ds):
+            test = evaluate_dataset(run.model, test_ds, self.vocab, c.lowercase, names)
+            run.log(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  (best epoch by validation loss)")
+        files = _write_records(run.out, run.progress["history"], test, names, plots)
+        held_out = test_ds if test_ds is not None and len(test_ds) else self.val_ds
+        files.append(_write_samples(run.out, held_out, names, run.model, self.vocab, c.lowercase))
+        from rnnlab.report import write_data_record  # data.json: where each split came from, for the report
+
+        files.append(write_data_record(run.out, {"train": self.train_ds, "validation": self.val_ds, "test": test_ds}))
+        files += [run.out / "config.json", run.out / checkpoint.BEST, run.out / checkpoint.LAST]
+        if report:  # the HTML page that shows all of the above, with the samples' explain traces
+            from rnnlab.report import write_report
+
+            files += write_report(run.out)
+        return test, files
+
+
+def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, val_data=None, test_data=None,
+          text_column=None, label_column=None, encoding: str | None = None, resume: bool = False, log=print,
+          progress: bool | None = None, plots: bool = True, report: bool = False,
+          team: distributed.Alone | None = None) -> TrainResult:
+    """Train a classifier on `data` (see `load_dataset` for formats) and write a run folder.
+
+    team: this process's place in a data-parallel job (`distributed.launch`); None for a single process.
+    Only rank 0 logs and writes files; it alone returns the test metrics and the files.
+    """
+    config.validate()
+    team = team or distributed.Alone()
+    torch.manual_seed(config.seed)
+
+    # data: split, vocabulary from the training split only, ids
+    train_ds, val_ds, test_ds = _splits(config, data, fmt, val_data, test_data, text_column=text_column,
+                                        label_column=label_column, encoding=encoding)
+    _check_classes(train_ds)
+    if not len(val_ds):  # early stopping and the best checkpoint are chosen on the validation split
+        raise UserError("no validation examples; pass --val FILE or a --val-frac above 0", path=train_ds.source)
+    label_names = train_ds.label_names
+    vocab = Vocab.build([tokenize(t, config.lowercase) for t in train_ds.texts], config.min_freq, config.max_vocab)
+    task = ClassifierTask(train_ds, val_ds, test_ds, vocab, encode_dataset(train_ds, vocab, config.lowercase),
+                          encode_dataset(val_ds, vocab, config.lowercase))
+
+    model = Classifier(len(vocab), config.hidden, len(label_names), cell=config.cell, phi=config.phi,
+                       embed_dim=config.embed_dim, layers=config.layers, backward=config.backward, seed=config.seed,
+                       device=config.device)
+    steps_per_epoch = math.ceil(len(train_ds) / config.batch_size)
+    run = open_run(config, out_dir, model, {"vocab": vocab, "label_names": label_names}, resume=resume, fresh={},
+                   team=team, log=log, progress=progress, total_steps=config.epochs * steps_per_epoch)
+    run.log(f"train {len(train_ds)}  val {len(val_ds)}  test {len(test_ds) if test_ds else 0}  vocab {len(vocab)}  "
+            f"classes {label_names}  parameters {model.num_parameters():,}  -> {run.out}")
+    stopped_early = fit(run, task)
+    history = run.progress["history"]
+    if not team.is_main:  # rank 0 tests and writes the run's record
+        return TrainResult(run.out, history, None, model, [], stopped_early)
+    test, files = task.finish(run, plots, report)
+    for f in files:
+        run.log(f"wrote {f}")
+    return TrainResult(run.out, history, test, model, files, stopped_early)
 
 
 def _write_samples(out: Path, ds: Dataset, label_names: list[str], model: Classifier, vocab: Vocab,
@@ -380,11 +491,7 @@ def _write_samples(out: Path, ds: Dataset, label_names: list[str], model: Classi
 
 
 def _write_records(out: Path, history: list[dict], test: dict | None, label_names, draw: bool) -> list[Path]:
-    with open(out / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    files = [out / "history.csv"]
+    files = [write_history(out, history)]
     if test is not None:
         (out / "metrics.json").write_text(json.dumps(test, indent=2) + "\n")
         files.append(out / "metrics.json")
@@ -395,25 +502,3 @@ def _write_records(out: Path, history: list[dict], test: dict | None, label_name
         if test is not None:
             files.append(plots.confusion(test["confusion"], label_names, out / "confusion.png"))
     return files
-
-
-# -- evaluate and predict -----------------------------------------------------------------------------
-def evaluate(checkpoint_path, data, fmt: str | None = None, *, text_column=None, label_column=None) -> dict:
-    """Metrics of a trained model on a labelled file; labels must be among the model's classes."""
-    model, config, vocab, label_names, _ = checkpoint.load_model(checkpoint_path)
-    ds = load_dataset(data, fmt, text_column=text_column, label_column=label_column, label_names=label_names)
-    return evaluate_dataset(model, ds, vocab, config.lowercase, label_names)
-
-
-def predict(checkpoint_path, texts: list[str]) -> list[dict]:
-    """For each text: the label, the class probabilities and the words the model has never seen."""
-    model, config, vocab, label_names, _ = checkpoint.load_model(checkpoint_path)
-    tokens = [tokenize(t, config.lowercase) for t in texts]
-    probs = predict_ids(model, [vocab.encode(t) for t in tokens])
-    results = []
-    for text, toks, p in zip(texts, tokens, probs.tolist()):
-        c = max(range(len(p)), key=p.__getitem__)
-        results.append({"text": text, "label": label_names[c], "class": c,
-                        "probabilities": dict(zip(label_names, p)),
-                        "unknown_words": [t for t in toks if t not in vocab.stoi]})
-    return results
