@@ -7,7 +7,9 @@
     4. long-range memory: accuracy against distance for the three cells (`rnnlab memory`)
 
 Every number quoted in questions.md is read from these runs, so the text and the figures always agree.
-Run from the repository root; takes about two minutes on two cores. `--text-only` rewrites the page from
+Run from the repository root. It prints each part's seconds (they are never stored); on this 2-core machine,
+shared with other jobs, a whole run took 7 min 55 s with one torch thread (2026-12-01), and several times
+that with the two threads it pins (see main) while the other jobs ran. `--text-only` rewrites the page from
 docs/figures/numbers.json without running anything (for edits to the prose). The UCI part needs ../shared/data
 (the data folder beside the repository); without it that figure is skipped and the doc says so.
 """
@@ -33,6 +35,7 @@ DOCS = Path(__file__).resolve().parent
 FIGURES = DOCS / "figures"
 UCI = DOCS.parent.parent / "shared" / "data" / "uci-sentiment"  # Amazon, IMDb and Yelp, 3,000 sentences
 LAB_EXTRA = ["The movie is good bad", "The movie is bad good", "The good movie is bad"]
+THREADS = 2  # torch threads for every figure (see main)
 UCI_SENTENCES = ["the food was good", "the food was not good", "the food was not bad", "the service was bad"]
 
 
@@ -99,6 +102,10 @@ def main() -> int:
         return 0
     FIGURES.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    # the stored numbers were measured with 2 threads; another count sums in another order and moves the last
+    # digits (1 thread changes gradflow's gate means at 1e-16 and the UCI components at 1e-7), so the count is
+    # pinned: a rerun on any machine with 2 or more cores writes the same numbers.json
+    torch.set_num_threads(THREADS)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
