@@ -8,8 +8,9 @@
 
 Every number quoted in questions.md is read from these runs, so the text and the figures always agree.
 Run from the repository root. It prints each part's seconds (they are never stored); on this 2-core machine,
-shared with other jobs, a whole run took 7 min 55 s with one torch thread (2026-12-01), and several times
-that with the two threads it pins (see main) while the other jobs ran. `--text-only` rewrites the page from
+shared with other jobs (load average 3 to 6), a whole run with the two threads it pins (see main) took 23 min
+(lab 1 s, UCI GRU 38 s, gradient flow 1 s, memory sweeps 1341 s; 2026-12-01), and left the checkout unmodified;
+the issue measured 5 min on a quiet machine. `--text-only` rewrites the page from
 docs/figures/numbers.json without running anything (for edits to the prose). The UCI part needs ../shared/data
 (the data folder beside the repository); without it that figure is skipped and the doc says so.
 """
