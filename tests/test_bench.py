@@ -3,65 +3,101 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_train  # noqa: E402
+from rnnlab import bench, engine
+from tests.conftest import REPO, run_cli
 
-REQUIRED = {"cell", "hidden", "backward", "tokens_per_s", "baseline_tokens_per_s", "ratio", "pct_of_limit",
+REQUIRED = {"cell", "hidden", "backward", "engine", "tokens_per_s", "baseline_tokens_per_s", "ratio", "pct_of_limit",
             "peak_mem_mb"}
 
 
 def test_tiny_benchmark_checks_the_maths_and_writes_json(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    rows = bench_train.main(["--tiny", "--json", str(out)])
-    assert {(r.cell, r.backward) for r in rows} == {(c, b) for c in ("rnn", "lstm", "gru")
-                                                    for b in ("manual", "autograd", "best")}
-    data = json.loads(out.read_text())
-    assert len(data) == 9 and all(REQUIRED <= set(row) for row in data)
+    rows = bench.main(["--tiny", "--json", "bench.json", "--out", str(tmp_path)])  # a bare name lands in --out
+    variants = {("manual", "python"), ("autograd", "python")}
+    if engine.available():
+        variants.add(("manual", "compiled"))
+    names = ("rnn", "lstm", "gru", "lm-lstmx2")
+    assert {(r.cell, r.backward, r.engine) for r in rows if r.backward != "best"} == {
+        (c, b, e) for c in names for b, e in variants}
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert len(data) == len(names) * (len(variants) + 1) and all(REQUIRED <= set(row) for row in data)
     for row in data:
-        assert row["tokens_per_s"] > 0 and row["baseline_tokens_per_s"] > 0
+        assert row["tokens_per_s"] > 0 and row["baseline_tokens_per_s"] > 0 and row["limit_tokens_per_s"] > 0
         assert row["ratio"] == pytest.approx(row["tokens_per_s"] / row["baseline_tokens_per_s"])
-    best = [r for r in data if r["backward"] == "best"]
-    for b in best:
-        same = [r["ratio"] for r in data if r["cell"] == b["cell"] and r["backward"] != "best"]
-        assert b["ratio"] == max(same)
+    for b in [r for r in data if r["backward"] == "best"]:  # the headline is the fastest rnnlab path
+        same = [r for r in data if r["cell"] == b["cell"] and r["backward"] != "best"]
+        fastest = max(same, key=lambda r: r["ratio"])
+        assert (b["ratio"], b["engine"]) == (fastest["ratio"], fastest["engine"])
     assert "ratio" in capsys.readouterr().out
+
+
+def test_json_paths():
+    assert bench.json_path("b.json", "runs/bench").as_posix() == "runs/bench/b.json"
+    assert bench.json_path("docs/figures/b.json", "runs/bench").as_posix() == "docs/figures/b.json"
+    assert bench.json_path("/tmp/b.json", "runs/bench").as_posix() == "/tmp/b.json"
 
 
 def test_the_maths_check_catches_a_mismatch(monkeypatch):
     """If rnnlab computed something else, the benchmark must refuse to time it."""
-    w = bench_train.Workload("gru", 8, batch=3, length=4, vocab=20)
-    original = bench_train.build_rnnlab
+    w = bench.Workload("gru", 8, batch=3, length=4, vocab=20)
+    original = bench.build_rnnlab
 
     def wrong(*args, **kw):
-        model, step = original(*args, **kw)
-        with __import__("torch").no_grad():
-            model.W_out *= 1.1  # (not a shift of b_out: cross-entropy ignores equal shifts)
-        return model, step
+        params, loss_of, step = original(*args, **kw)
+        with torch.no_grad():
+            params["W_out"] *= 1.1  # (not a shift of b_out: cross-entropy ignores equal shifts)
+        return params, loss_of, step
 
-    monkeypatch.setattr(bench_train, "build_rnnlab", wrong)
+    monkeypatch.setattr(bench, "build_rnnlab", wrong)
     with pytest.raises(AssertionError):
-        bench_train.check_same_maths(w, __import__("torch").device("cpu"))
+        bench.check_same_maths(w, torch.device("cpu"))
+
+
+def test_products_count_every_matmul_of_a_step():
+    w = bench.Workload("lstm", 8, batch=3, length=5, vocab=20)
+    p = bench.products(w)
+    assert p[(3, 8, 32)] == 5 and p[(3, 32, 8)] == 5  # per step: forward, backward
+    assert p[(15, 8, 32)] == 1 and p[(32, 15, 8)] == 2 and p[(15, 32, 8)] == 1  # projection; dW, dU; dx
+    lm = bench.products(bench.Workload("lstm", 8, batch=3, length=5, vocab=20, layers=2, lm=True))
+    assert lm[(3, 8, 32)] == 10 and lm[(15, 8, 20)] == 1 and lm[(20, 15, 8)] == 1
 
 
 def test_peak_memory_sees_the_step():
     """The measured peak grows with the batch: it sees the step's tensors."""
-    cpu = __import__("torch").device("cpu")
-    for variant in ("torch", "manual"):
-        small = bench_train.peak_memory(bench_train.Workload("gru", 16, batch=4, length=8, vocab=50), variant, cpu)
-        large = bench_train.peak_memory(bench_train.Workload("gru", 16, batch=64, length=8, vocab=50), variant, cpu)
+    cpu = torch.device("cpu")
+    for variant in ("torch", "manual:python"):
+        small = bench.peak_memory(bench.Workload("gru", 16, batch=4, length=8, vocab=50), variant, cpu)
+        large = bench.peak_memory(bench.Workload("gru", 16, batch=64, length=8, vocab=50), variant, cpu)
         assert 0 < small < large
 
 
-def test_rnnlab_bench_runs_the_benchmark_from_a_checkout():
-    from tests.conftest import REPO, run_cli
-
-    r = run_cli("bench", "--tiny", "--cells", "rnn", cwd=REPO)
+def test_rnnlab_bench_runs_and_explains_itself(tmp_path):
+    r = run_cli("bench", "--tiny", "--cells", "rnn", "--no-lm-workload", cwd=tmp_path)  # from anywhere
     assert r.returncode == 0, r.stderr
     assert "ratio" in r.stdout and "rnn" in r.stdout
+    assert "bench:" not in r.stdout and "bench:" not in r.stderr  # no progress bar when stdout is not a terminal
+    assert list(tmp_path.iterdir()) == []  # wrote nothing without --json
+    r = run_cli("bench", "--help", cwd=REPO)
+    assert r.returncode == 0 and r.stdout.startswith("usage: rnnlab bench")
+    options = [a for a in bench.add_arguments(__import__("argparse").ArgumentParser())._actions if a.option_strings]
+    assert all(a.help for a in options)
+    for a in options:
+        assert a.option_strings[0] in r.stdout
     r = run_cli("lab", "--no-such-flag")
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+
+
+def test_readme_speed_table_is_the_stored_benchmark_output():
+    """README's table is `markdown_table` of docs/figures/bench.json, written by the command the README quotes."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    stored = json.loads((REPO / "docs" / "figures" / "bench.json").read_text())
+    start, end = "<!-- bench table: docs/figures/bench.json -->\n", "<!-- end bench table -->"
+    assert start in readme and end in readme
+    table = readme.split(start, 1)[1].split(end, 1)[0]
+    assert table == bench.markdown_table(stored), "rerun the command in README's Speed section and paste the table"
+    assert "`rnnlab bench --threads 1 --json docs/figures/bench.json`" in readme
+    assert {r["cell"] for r in stored} == {"rnn", "lstm", "gru", "lm-lstmx2"}
+    assert {r["engine"] for r in stored if r["backward"] == "manual"} == {"python", "compiled"}

@@ -15,9 +15,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnlab.recurrent import Recurrent, from_torch, retain_buffers, unroll
+from tests.conftest import require_compiled
 
 TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+# the backward paths: autograd, and the hand BPTT with its time loop run by each engine (rnnlab.engine)
+BACKWARDS = ["autograd", "manual:python", "manual:compiled"]
+
+
+def split(backward: str) -> tuple[str, str | None]:
+    """'manual:compiled' -> ('manual', 'compiled'); skips (fails under CI) where the compiled loop is missing."""
+    backward, _, engine = backward.partition(":")
+    if engine == "compiled":
+        require_compiled()
+    return backward, engine or None
 
 
 def assert_close(ours, ref, dtype, what=""):
@@ -53,6 +64,27 @@ def torch_forward(m, x, h0, lengths):
     return out, state
 
 
+def run_both(layer, m, kind, x, h0, lengths, r_out, r_state):
+    """rnnlab's `layer` and torch's `m` on the same input, initial state and loss (random weights r_out on
+    every output, r_state on the final state(s)), each from fresh leaves: (outputs, final states, dx, dh0) of
+    each (dh0 None without h0), after backward has filled the parameters' gradients."""
+
+    def run(forward, h0_leaf):
+        x_leaf = x.clone().requires_grad_()
+        hx = None if h0_leaf is None else (h0_leaf[0] if kind != "lstm" else tuple(h0_leaf))
+        out, state = forward(x_leaf, hx)
+        states = state if kind == "lstm" else (state,)
+        loss = (out * r_out).sum() + sum((s * r).sum() for s, r in zip(states, r_state))
+        loss.backward()
+        dh0 = None if h0_leaf is None else [h.grad for h in h0_leaf]
+        return out.detach(), [s.detach() for s in states], x_leaf.grad, dh0
+
+    h0_ours = None if h0 is None else [h.clone().requires_grad_() for h in h0]
+    h0_ref = None if h0 is None else [h.clone().requires_grad_() for h in h0]
+    return (run(lambda xx, hx: layer(xx, hx, lengths=lengths), h0_ours),
+            run(lambda xx, hx: torch_forward(m, xx, hx, lengths), h0_ref))
+
+
 def torch_grads(m, kind, H):
     """torch's gradients in rnnlab's layout: W, U, b (b_ih + b_hh merged), b_hn for the GRU."""
     g = {"W": m.weight_hh_l0.grad, "U": m.weight_ih_l0.grad}
@@ -69,12 +101,13 @@ def torch_grads(m, kind, H):
 def compare(kind, B, T, E, H, bias, batch_first, padded, with_h0, backward, dtype, seed, phi="tanh",
             direction="from_torch"):
     g = torch.Generator().manual_seed(seed)
+    backward, engine = split(backward)
     m = torch_module(kind, E, H, bias=bias, batch_first=batch_first, dtype=dtype, seed=seed, phi=phi)
     if direction == "from_torch":
-        layer = from_torch(m, backward=backward)
+        layer = from_torch(m, backward=backward, engine=engine)
     else:  # the other way: an rnnlab layer with its own weights, converted to torch
         layer = Recurrent(kind, E, H, bias=bias, batch_first=batch_first, phi=phi, backward=backward, dtype=dtype,
-                          generator=g)
+                          generator=g, engine=engine)
         width = 1.6 if dtype == torch.float64 else 2 / H**0.5  # as in torch_module
         with torch.no_grad():
             for p in layer.parameters():
@@ -90,19 +123,8 @@ def compare(kind, B, T, E, H, bias, batch_first, padded, with_h0, backward, dtyp
     r_out = torch.randn(shape[:2] + (H,), generator=g, dtype=dtype)
     r_state = [torch.randn(1, B, H, generator=g, dtype=dtype) for _ in range(2)]
 
-    def run(forward, h0_leaf):
-        x_leaf = x.clone().requires_grad_()
-        hx = None if h0_leaf is None else (h0_leaf[0] if kind != "lstm" else tuple(h0_leaf))
-        out, state = forward(x_leaf, hx)
-        states = state if kind == "lstm" else (state,)
-        loss = (out * r_out).sum() + sum((s * r).sum() for s, r in zip(states, r_state))
-        loss.backward()
-        return out.detach(), [s.detach() for s in states], x_leaf.grad
-
-    h0_ours = None if h0 is None else [h.clone().requires_grad_() for h in h0]
-    h0_ref = None if h0 is None else [h.clone().requires_grad_() for h in h0]
-    out, states, dx = run(lambda xx, hx: layer(xx, hx, lengths=lengths), h0_ours)
-    out_ref, states_ref, dx_ref = run(lambda xx, hx: torch_forward(m, xx, hx, lengths), h0_ref)
+    (out, states, dx, dh0), (out_ref, states_ref, dx_ref, dh0_ref) = run_both(layer, m, kind, x, h0, lengths,
+                                                                                 r_out, r_state)
     assert_close(out, out_ref, dtype, "outputs")
     for s, s_ref in zip(states, states_ref):
         assert_close(s, s_ref, dtype, "final state")
@@ -111,8 +133,8 @@ def compare(kind, B, T, E, H, bias, batch_first, padded, with_h0, backward, dtyp
     for name, ref in torch_grads(m, kind, H).items():
         assert_close(ours[name].grad, ref, dtype, f"d{name}")
     if h0 is not None:
-        for h, h_ref in zip(h0_ours, h0_ref):
-            assert_close(h.grad, h_ref.grad, dtype, "dh0")
+        for dh, dh_ref in zip(dh0, dh0_ref):
+            assert_close(dh, dh_ref, dtype, "dh0")
 
 
 shapes = dict(B=st.integers(1, 8), T=st.integers(1, 12), E=st.integers(1, 10), H=st.integers(1, 32),
@@ -120,7 +142,7 @@ shapes = dict(B=st.integers(1, 8), T=st.integers(1, 12), E=st.integers(1, 10), H
               seed=st.integers(0, 2**31 - 1))
 
 
-@pytest.mark.parametrize("backward", ["autograd", "manual"])
+@pytest.mark.parametrize("backward", BACKWARDS)
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 @settings(max_examples=20, deadline=None)
 @given(**shapes, direction=st.sampled_from(["from_torch", "to_torch"]))
@@ -128,7 +150,7 @@ def test_equals_torch_nn_float64(kind, backward, B, T, E, H, bias, batch_first, 
     compare(kind, B, T, E, H, bias, batch_first, padded, with_h0, backward, torch.float64, seed, direction=direction)
 
 
-@pytest.mark.parametrize("backward", ["autograd", "manual"])
+@pytest.mark.parametrize("backward", BACKWARDS)
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 @settings(max_examples=10, deadline=None)
 @given(**shapes)
@@ -136,17 +158,19 @@ def test_equals_torch_nn_float32(kind, backward, B, T, E, H, bias, batch_first, 
     compare(kind, B, T, E, H, bias, batch_first, padded, with_h0, backward, torch.float32, seed)
 
 
-@pytest.mark.parametrize("backward", ["autograd", "manual"])
+@pytest.mark.parametrize("backward", BACKWARDS)
 @settings(max_examples=10, deadline=None)
 @given(**shapes)
 def test_relu_rnn_equals_torch_nn(backward, B, T, E, H, bias, batch_first, padded, with_h0, seed):
     compare("rnn", B, T, E, H, bias, batch_first, padded, with_h0, backward, torch.float64, seed, phi="relu")
 
 
+@pytest.mark.parametrize("engine", ["python", "compiled"])
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("token_ids", [False, True])
-def test_hand_bptt_passes_gradcheck_with_masks(kind, token_ids):
-    """The manual backward against float64 central differences (torch.autograd.gradcheck)."""
+def test_hand_bptt_passes_gradcheck_with_masks(kind, token_ids, engine):
+    """The manual backward, run by either engine, against float64 central differences (torch.autograd.gradcheck)."""
+    split("manual:" + engine)
     g = torch.Generator().manual_seed(7)
     B, T, E, H = 3, 5, 4, 6
     layer = Recurrent(kind, E, H, backward="manual", dtype=torch.float64, generator=g)
@@ -162,7 +186,7 @@ def test_hand_bptt_passes_gradcheck_with_masks(kind, token_ids):
         for n, w in zip(names, weights):
             setattr(layer.cell, n, w)
         with retain_buffers():  # gradcheck backpropagates through the same graph many times
-            out, final = unroll(layer.cell, x, states, lengths, backward="manual")
+            out, final = unroll(layer.cell, x, states, lengths, backward="manual", engine=engine)
         return (out, *final)
 
     inputs = ([x] if token_ids else [x.requires_grad_()]) + [h.requires_grad_() for h in h0]
@@ -264,9 +288,9 @@ def test_gradcheck_catches_a_wrong_backward(monkeypatch):
         original(self, t, dh, buf)
         buf.dgh_n[t].mul_(1.001)  # a 0.1% error in what becomes dW_n and db_hn
 
-    monkeypatch.setattr(GRUCell, "backward_t", off_by_a_bit)
-    assert gradcheck.report("gru", log=lambda _: None) is False
-    assert gradcheck.report("lstm", log=lambda _: None) is True
+    monkeypatch.setattr(GRUCell, "backward_t", off_by_a_bit)  # the Python engine's step
+    assert gradcheck.report("gru", log=lambda _: None, engine="python") is False
+    assert gradcheck.report("lstm", log=lambda _: None, engine="python") is True
 
 
 def test_manual_backward_twice_needs_retain_buffers():

@@ -237,3 +237,22 @@ def test_scoring_draws_a_progress_bar_only_when_asked(run, capsys):
     assert capsys.readouterr().err == ""
     assert torch.equal(predict_ids(run.model, ids, progress=True), quiet_probs)
     assert "scoring" in capsys.readouterr().err  # tqdm writes to stderr, where train's bar goes too
+
+
+def test_every_choice_comes_from_choices_py():
+    """One list per setting (issue 14): the parser, Config.validate and the library read the same names."""
+    from rnnlab import cells, choices, memory, optim
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    flags = {(cmd, a.option_strings[0]): a.choices for cmd, p in sub.items() for a in p._actions
+             if a.choices and a.option_strings}
+    assert flags[("train", "--cell")] == flags[("lab", "--cell")] == flags[("memory", "--cells")] == choices.CELLS
+    assert flags[("train", "--optimizer")] == flags[("memory", "--optimizer")] == choices.OPTIMIZERS
+    assert flags[("train", "--backward")] == flags[("lab", "--backward")] == choices.BACKWARDS
+    assert flags[("train", "--schedule")] == choices.SCHEDULES and flags[("train", "--level")] == choices.LEVELS
+    assert tuple(cells.CELLS) == memory.CELLS == choices.CELLS and optim.OPTIMIZERS == choices.OPTIMIZERS
+    for name in choices.CELLS:  # every name builds its cell, and Config accepts it
+        assert cells.make_cell(name, 3, 2).name == name
+        Config(cell=name).validate()
+    with pytest.raises(UserError, match="choose rnn, lstm or gru"):
+        Config(cell="transformer").validate()

@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rnnlab import engine
 from rnnlab.cells import make_cell
 from rnnlab.recurrent import _mask, manual_forward, unroll
 
@@ -44,9 +45,11 @@ def setup(kind, B, T, E, H, bias, padded, phi, seed):
 
 
 def unroll_grads(cell, x, s0, lengths, d_out, d_final, backward):
-    """dL/d(params), dL/dx, dL/ds_0 of L = sum(d_out * outputs) + sum(d_final * final state), by `unroll`."""
+    """dL/d(params), dL/dx, dL/ds_0 of L = sum(d_out * outputs) + sum(d_final * final state), by `unroll`.
+    backward: 'autograd', or 'manual:python' / 'manual:compiled' (the fast path on each engine)."""
+    backward, _, engine = backward.partition(":")
     x_leaf, s0_leaf = x.clone().requires_grad_(), [s.clone().requires_grad_() for s in s0]
-    out, final = unroll(cell, x_leaf, s0_leaf, lengths, backward=backward, batch_first=False)
+    out, final = unroll(cell, x_leaf, s0_leaf, lengths, backward=backward, batch_first=False, engine=engine or None)
     loss = (out * d_out).sum() + sum((f * d).sum() for f, d in zip(final, d_final))
     names = [n for n, p in zip(cell.param_names, cell.parameters()) if p is not None]
     grads = torch.autograd.grad(loss, [getattr(cell, n) for n in names] + [x_leaf, *s0_leaf])
@@ -68,7 +71,8 @@ def check(kind, B, T, E, H, bias, padded, phi, seed):
     assert set(ref) == set(cell.param_names)
     for n, p in zip(cell.param_names, cell.parameters()):
         assert (ref[n] is None) == (p is None), f"d{n} must be None exactly when {n} is off"
-    for backward in ("autograd", "manual"):  # reference vs autograd, and fast path vs reference
+    # reference vs autograd, and the fast path vs reference on each engine (rnnlab.engine) built here
+    for backward in ("autograd", "manual:python", *(["manual:compiled"] if engine.available() else [])):
         got, dx, ds0 = unroll_grads(cell, x, s0, lengths, d_out, d_final, backward)
         for n, g in got.items():
             assert_close(g, ref[n], f"{backward}: d{n}")

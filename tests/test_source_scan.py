@@ -14,6 +14,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "rnnlab"
 RECURRENT = {"RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"}
 NEVER = {"Linear", "Embedding", "RNNBase"}
 CONVERTERS = {"from_torch", "to_torch"}  # weight conversion only
+# `rnnlab bench` times rnnlab against torch.nn + torch.optim: they are its baseline, run beside rnnlab and
+# never used for rnnlab's own results, so that one module may use them (it ships so that `rnnlab bench`
+# works from `pip install`, issue 12 item 8).
+BASELINE_ONLY = {"bench.py"}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -60,7 +64,8 @@ def test_library_never_computes_with_torch_nn_recurrent_layers_or_torch_optim():
     files = sorted(SRC.rglob("*.py"))
     assert len(files) >= 5
     found = {str(f.relative_to(SRC)): violations(f.read_text()) for f in files}
-    assert {k: v for k, v in found.items() if v} == {}
+    assert violations((SRC / "bench.py").read_text()), "bench.py no longer needs its exception: remove it"
+    assert {k: v for k, v in found.items() if v and k not in BASELINE_ONLY} == {}
 
 
 def test_the_scan_catches_what_it_should():

@@ -50,7 +50,7 @@ from types import SimpleNamespace
 
 import torch
 
-from rnnlab import gemm
+from rnnlab import choices, gemm
 from rnnlab.gemm import linear
 
 State = tuple[torch.Tensor, ...]  # (h,) for RNN and GRU, (h, c) for LSTM; each (B, H)
@@ -530,7 +530,7 @@ class GRUCell(Cell):
         return {"W": dW, "b_hn": dgh_n.sum(dim=0)}  # b_hn enters with W_n s_{t-1}
 
 
-CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+CELLS = dict(zip(choices.CELLS, (RNNCell, LSTMCell, GRUCell)))  # the names of choices.py, in order
 
 
 def make_cell(kind: str, input_size: int, hidden_size: int, **kw) -> Cell:

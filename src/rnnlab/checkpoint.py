@@ -106,6 +106,9 @@ def read(path: str | Path, name: str = BEST) -> dict:
 def load_model(path: str | Path, name: str = BEST) -> tuple[Classifier, Config, Vocab, list[str], dict]:
     """(model, config, vocab, label_names, checkpoint) from a checkpoint file or run folder."""
     ckpt = read(path, name)
+    if isinstance(ckpt.get("config"), dict) and ckpt["config"].get("task") == "lm":
+        raise UserError("this checkpoint is a language model, not a classifier; use it with `rnnlab sample`, "
+                        "`evaluate` or `explain`", path=resolve(path, name))
     try:
         config = Config.from_dict(ckpt["config"])
         vocab = Vocab.from_list(ckpt["vocab"])

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from rnnlab import choices
 from rnnlab.errors import UserError
 
 
@@ -46,9 +47,9 @@ def _add_lab(sub) -> None:
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
     p.add_argument("--hidden", type=int, default=2, help="hidden size n (default 2)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42, the handout's)")
-    p.add_argument("--phi", choices=["tanh", "relu"], default="tanh", help="nonlinearity (default tanh)")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn", help="cell (default rnn, the handout's)")
-    p.add_argument("--backward", choices=["autograd", "manual"], default="autograd",
+    p.add_argument("--phi", choices=choices.PHIS, default="tanh", help="nonlinearity (default tanh)")
+    p.add_argument("--cell", choices=choices.CELLS, default="rnn", help="cell (default rnn, the handout's)")
+    p.add_argument("--backward", choices=choices.BACKWARDS, default="autograd",
                    help="autograd (the handout's loss.backward, the default) or manual (hand-written BPTT)")
     p.add_argument("--sentence", action="append", metavar="TEXT",
                    help="a test sentence (repeatable; default: the handout's two)")
@@ -73,16 +74,18 @@ def _add_gradcheck(sub) -> None:
     p = sub.add_parser("gradcheck", help="check the hand-written BPTT against autograd and finite differences",
                        description="Per parameter, the largest relative error of the hand BPTT against autograd "
                                    "and against float64 central differences; exit 1 past tolerance.")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="all", help="cell to check (default all)")
+    p.add_argument("--cell", choices=[*choices.CELLS, "all"], default="all", help="cell to check (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default 0)")
+    p.add_argument("--engine", choices=choices.ENGINES, default=None,
+                   help="who runs the hand BPTT's time loop (default: $RNNLAB_ENGINE, else auto)")
     p.set_defaults(func=cmd_gradcheck)
 
 
 def cmd_gradcheck(args) -> int:
     from rnnlab.gradcheck import report
 
-    cells = ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
-    results = [report(cell, seed=args.seed) for cell in cells]
+    cells = choices.CELLS if args.cell == "all" else [args.cell]
+    results = [report(cell, seed=args.seed, engine=args.engine) for cell in cells]
     return 0 if all(results) else 1
 
 
@@ -90,11 +93,14 @@ def _add_train(sub) -> None:
     from rnnlab.config import Config
 
     d = Config()
-    p = sub.add_parser("train", help="train a classifier on a labelled file and write a run folder",
-                       description="Train on TSV/CSV/UCI/rt-polarity data; writes config, history, curves, "
-                                   "confusion matrix and checkpoints (model.pt best, last.pt) to --out.")
-    p.add_argument("--data", required=True, nargs="+", help="training file(s) or folder")
-    p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
+    p = sub.add_parser("train", help="train a classifier on a labelled file, or a language model on a text",
+                       description="Train on TSV/CSV/UCI/rt-polarity data (or, with --task lm, on a text file); "
+                                   "writes config, history, curves, confusion matrix and checkpoints (model.pt "
+                                   "best, last.pt) to --out.")
+    p.add_argument("--task", choices=choices.TASKS, default=d.task,
+                   help="classify labelled sentences, or lm: predict the next token of a text (default classify)")
+    p.add_argument("--data", required=True, nargs="+", help="training file(s) or folder (lm: one text file)")
+    p.add_argument("--format", choices=choices.FORMATS, help="input format (default: from the name)")
     p.add_argument("--val", nargs="+", help="validation file(s) (default: split from --data)")
     p.add_argument("--test", nargs="+", help="test file(s) (default: split from --data)")
     p.add_argument("--text-column", help="text column: index or header name (default: first)")
@@ -102,18 +108,21 @@ def _add_train(sub) -> None:
     _add_encoding(p)
     p.add_argument("--out", help="run folder (default runs/<cell>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell, help=f"cell (default {d.cell})")
+    p.add_argument("--cell", choices=choices.CELLS, default=d.cell, help=f"cell (default {d.cell})")
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden size H (default {d.hidden})")
     p.add_argument("--layers", type=int, default=d.layers,
                    help=f"stacked recurrent layers, as torch.nn's num_layers (default {d.layers})")
     p.add_argument("--embed-dim", type=int, default=d.embed_dim,
                    help=f"embedding size; 0 feeds one-hot words to U (default {d.embed_dim})")
-    p.add_argument("--phi", choices=["tanh", "relu"], default=d.phi, help=f"vanilla RNN nonlinearity (default {d.phi})")
+    p.add_argument("--phi", choices=choices.PHIS, default=d.phi, help=f"vanilla RNN nonlinearity (default {d.phi})")
     p.add_argument("--dropout", type=float, default=d.dropout,
                    help="dropout on the embeddings, between layers and on s_T while training (default 0)")
-    p.add_argument("--backward", choices=["autograd", "manual"], default=d.backward,
+    p.add_argument("--backward", choices=choices.BACKWARDS, default=d.backward,
                    help=f"autograd, or manual (hand-written BPTT) (default {d.backward})")
-    p.add_argument("--optimizer", choices=["sgd", "adagrad", "adam"], default=d.optimizer,
+    p.add_argument("--engine", choices=choices.ENGINES, default=None,
+                   help="who runs the manual BPTT's time loop: compiled C++ (built once on first use), python, or "
+                        "auto: compiled where it builds (default: $RNNLAB_ENGINE, else auto)")
+    p.add_argument("--optimizer", choices=choices.OPTIMIZERS, default=d.optimizer,
                    help=f"optimiser (default {d.optimizer})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default 0)")
@@ -122,6 +131,18 @@ def _add_train(sub) -> None:
                                                               "0 for no clipping")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
+    p.add_argument("--steps", type=int, help="stop after this many optimiser steps (with --epochs and --minutes: "
+                                             "whichever comes first)")
+    p.add_argument("--minutes", type=float, help="stop after this many minutes of training (wall clock)")
+    p.add_argument("--schedule", choices=choices.SCHEDULES, default=d.schedule,
+                   help="learning rate over the run: constant, cosine (down to 0 at the last step) or step (x0.3 "
+                        "after each third); default constant")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="raise the learning rate linearly over this many "
+                                                                "first steps (default 0)")
+    p.add_argument("--level", choices=choices.LEVELS, default=d.level,
+                   help="lm: model characters or words (default char)")
+    p.add_argument("--seq-len", type=int, default=d.seq_len,
+                   help=f"lm: tokens per chunk, the BPTT length (default {d.seq_len})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"early-stopping patience in epochs; 0 never stops early (default {d.patience})")
     p.add_argument("--min-freq", type=int, default=d.min_freq,
@@ -148,26 +169,48 @@ def cmd_train(args) -> int:
     import time
 
     from rnnlab import distributed
-    from rnnlab.config import Config
     from rnnlab.train import train
 
-    config = Config(cell=args.cell, hidden=args.hidden, layers=args.layers, embed_dim=args.embed_dim or None,
-                    phi=args.phi, dropout=args.dropout,
-                    backward=args.backward, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                    weight_decay=args.weight_decay, clip=args.clip or None, batch_size=args.batch_size,
-                    epochs=args.epochs, patience=args.patience or None, lowercase=not args.no_lowercase,
-                    min_freq=args.min_freq, max_vocab=args.max_vocab, val_frac=args.val_frac,
-                    test_frac=args.test_frac, bucket=not args.no_bucket, seed=args.seed, device=args.device)
+    config = _config(args)
     out = _out_dir(args.out or f"runs/{args.cell}-{time.strftime('%Y%m%d-%H%M%S')}", args, create=False)
     if args.resume:  # the run's own settings, but for the flags given now
-        config = _resumed_config(out, config, _given(args))
+        config = _resumed_config(out, config, _given(args) | {"engine"})  # the engine is this session's choice
     backend = None if args.dist_backend == "auto" else args.dist_backend
+    if config.task == "lm":
+        from rnnlab.lm import train_lm
+
+        if len(args.data) != 1 or (args.val and len(args.val) != 1) or (args.test and len(args.test) != 1):
+            raise UserError("--task lm reads one text file each for --data, --val and --test")
+        with distributed.launch(config.validate(), backend, args.dist_timeout) as team:
+            train_lm(config, args.data[0], out, val_data=args.val and args.val[0], test_data=args.test and
+                     args.test[0], resume=args.resume, plots=not args.no_plots, team=team)
+        if args.report:
+            from rnnlab.report import write_report
+
+            for f in write_report(out):
+                print(f"wrote {f}")
+        return 0
     with distributed.launch(config.validate(), backend, args.dist_timeout) as team:  # Alone without torchrun
         train(config, args.data, out, fmt=args.format, val_data=args.val, test_data=args.test,
               text_column=_column(args.text_column), label_column=_column(args.label_column), encoding=args.encoding,
               resume=args.resume,
               plots=not args.no_plots, report=args.report, team=team)
     return 0
+
+
+def _config(args):
+    """The Config of train's flags: each flag's destination is its field's name, but --no-lowercase and
+    --no-bucket, which negate theirs, and --embed-dim, --clip and --patience, whose 0 means None (none)."""
+    import dataclasses
+
+    from rnnlab.config import Config
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if hasattr(args, f.name)}
+    values.update(lowercase=not args.no_lowercase, bucket=not args.no_bucket)
+    for name in ("embed_dim", "clip", "patience"):
+        values[name] = values[name] or None
+    values["engine"] = args.engine or os.environ.get("RNNLAB_ENGINE", "auto")  # no --engine: the environment's
+    return Config(**values)
 
 
 def _given(args) -> set[str]:
@@ -230,7 +273,7 @@ def _add_evaluate(sub) -> None:
                                    "matrix, and the share of words the model never saw.")
     p.add_argument("--checkpoint", required=True, help="run folder or model.pt")
     p.add_argument("--data", required=True, nargs="+", help="labelled file(s) or folder")
-    p.add_argument("--format", choices=["tsv", "csv", "uci", "rt"], help="input format (default: from the name)")
+    p.add_argument("--format", choices=choices.FORMATS, help="input format (default: from the name)")
     p.add_argument("--text-column", help="text column: index or header name (default: first)")
     p.add_argument("--label-column", help="label column: index or header name (default: last)")
     _add_encoding(p)
@@ -243,6 +286,8 @@ def cmd_evaluate(args) -> int:
 
     from rnnlab.evaluate import evaluate
 
+    if _is_lm(args.checkpoint):
+        return _evaluate_lm(args)
     m = evaluate(args.checkpoint, args.data, args.format, text_column=_column(args.text_column),
                  label_column=_column(args.label_column), encoding=args.encoding)
     _warn_unknown(m["unknown_rate"])
@@ -259,6 +304,71 @@ def cmd_evaluate(args) -> int:
     print(" " * 13 + " ".join(f"{n:>8}" for n in names))
     for name, row in zip(names, m["confusion"]):
         print(f"{name:>12} " + " ".join(f"{v:8d}" for v in row))
+    return 0
+
+
+def _is_lm(path) -> bool:
+    """Whether a checkpoint holds a language model (its config says task 'lm')."""
+    from rnnlab import checkpoint
+
+    return checkpoint.read(path)["config"].get("task") == "lm"
+
+
+def _evaluate_lm(args) -> int:
+    import json
+
+    from rnnlab import lm
+
+    if len(args.data) != 1:
+        raise UserError("a language model is evaluated on one text file; pass one --data")
+    m = lm.evaluate(args.checkpoint, args.data[0])
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"{m['level']} tokens {m['tokens']}  loss {m['loss']:.4f} nats/token  {m['bits_per_token']:.4f} "
+          f"bits/token  perplexity {m['perplexity']:.3f}  next-token accuracy {m['accuracy']:.4f}")
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="write text with a trained language model",
+                       description="Feeds --prime through the model, prints it, then draws --length tokens one "
+                                   "at a time. The text goes to stdout as it is drawn; status lines to stderr.")
+    p.add_argument("--checkpoint", required=True, help="run folder or model.pt of `rnnlab train --task lm`")
+    p.add_argument("--length", type=int, default=500, help="tokens to draw (default 500)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="divide the scores by this before the softmax; 0 takes the most likely token (default 1)")
+    p.add_argument("--top-k", type=int, help="draw among the k most likely tokens only")
+    p.add_argument("--prime", help="text to start from (printed as the start of the output; default none)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same text (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the settings and the text")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args) -> int:
+    import json
+
+    from rnnlab import lm
+
+    model, config, vocab = lm.load(args.checkpoint)
+    prime = _texts([args.prime])[0] if args.prime else ""
+    lm.encode(prime, vocab, config.level, config.lowercase, where="--prime")  # unknown characters: an error first
+    print(f"sampling {args.length} {config.level} tokens at temperature {args.temperature:g} from "
+          f"{args.checkpoint}", file=sys.stderr)
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    text = lm.sample(model, vocab, config.level, length=args.length, temperature=args.temperature, top_k=args.top_k,
+                     prime=prime, seed=args.seed, lowercase=config.lowercase,
+                     on_text=None if args.json else stream)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "level": config.level, "length": args.length,
+                          "temperature": args.temperature, "top_k": args.top_k, "prime": prime,
+                          "seed": args.seed, "text": text}, ensure_ascii=False))
+    else:
+        print()
     return 0
 
 
@@ -363,8 +473,12 @@ def cmd_explain(args) -> int:
 
     from rnnlab import explain
 
+    if args.checkpoint and _is_lm(args.checkpoint):
+        return _explain_lm(args)
     if args.lab:
-        model, traces = explain.explain_lab(_texts(args.texts) or None)
+        from rnnlab.lab import explain_lab
+
+        model, traces = explain_lab(_texts(args.texts) or None)
     else:
         model, traces = explain.explain_checkpoint(args.checkpoint, _sentences(args.texts))
     if args.json:
@@ -374,6 +488,27 @@ def cmd_explain(args) -> int:
         print("\n\n".join(explain.format_trace(tr, pca) for tr in traces))
     for f in explain.write(model, traces, _out_dir(args.out, args)) if args.out else []:
         print(f"wrote {f}")
+    return 0
+
+
+def _explain_lm(args) -> int:
+    """A language model: per token, p(token), surprisal in bits and the top 3; --out draws the text coloured."""
+    import json
+
+    from rnnlab import lm
+
+    results = lm.explain_texts(args.checkpoint, _sentences(args.texts))
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False))
+    else:
+        print("\n\n".join(lm.format_surprisal(r["tokens"], r["first"]) for r in results))
+    if args.out:
+        out = _out_dir(args.out, args)
+        (out / "explain.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {out / 'explain.json'}")
+        for i, r in enumerate(results):
+            name = "surprisal.png" if len(results) == 1 else f"surprisal-{i + 1}.png"
+            print(f"wrote {lm.plot_surprisal(r['tokens'], r['first'], r['level'], out / name)}")
     return 0
 
 
@@ -437,12 +572,12 @@ def _add_memory(sub) -> None:
                        description="The label is the first token, followed by D distractor tokens. Trains each "
                                    "cell at each D for the same budget; prints the accuracy table and writes "
                                    "memory.png and memory.json to --out.")
-    p.add_argument("--cells", nargs="+", choices=["rnn", "lstm", "gru"], help="cells to compare (default: all three)")
+    p.add_argument("--cells", nargs="+", choices=choices.CELLS, help="cells to compare (default: all three)")
     p.add_argument("--distances", nargs="+", type=int, metavar="D",
                    help="distractor counts D, each >= 1 (default: 5 10 20 50 100)")
     p.add_argument("--steps", type=int, help="optimiser steps per cell and D (default 2000)")
     p.add_argument("--hidden", type=int, help="hidden size H (default 32)")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], help="optimiser (default adam)")
+    p.add_argument("--optimizer", choices=choices.OPTIMIZERS, help="optimiser (default adam)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.01)")
     p.add_argument("--seed", type=int, help="seed for the weights and the data (default 0)")
     p.add_argument("--seeds", type=int, help="repeat with this many seeds from --seed on; report the mean (default 1)")
@@ -469,27 +604,18 @@ def cmd_memory(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="training throughput against torch.nn + torch.optim (benchmarks/bench_train.py)",
-                       description="Runs benchmarks/bench_train.py of a source checkout; arguments after `bench` "
-                                   "go to it (e.g. rnnlab bench --cells rnn --hidden 128 --json out.json).",
-                       add_help=False)
+    from rnnlab import bench
+
+    p = sub.add_parser("bench", help="training throughput against torch.nn + torch.optim, both engines",
+                       description=bench.__doc__.split("\n\n")[0].split(": ", 1)[1])
+    bench.add_arguments(p)
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    import importlib.util
-    from pathlib import Path
+    from rnnlab import bench
 
-    candidates = [Path.cwd() / "benchmarks" / "bench_train.py",
-                  Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"]
-    script = next((c for c in candidates if c.exists()), None)
-    if script is None:  # the benchmark uses torch.nn and torch.optim as baselines, so it is not in the package
-        raise UserError("benchmarks/bench_train.py not found; run `rnnlab bench` from a source checkout of rnnlab")
-    spec = importlib.util.spec_from_file_location("bench_train", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    module.main(args.bench_args)
+    bench.run(args)
     return 0
 
 
@@ -504,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_sample(sub)
     _add_explain(sub)
     _add_gradflow(sub)
     _add_report(sub)
@@ -516,9 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = build_parser().parse_known_args(argv)
     args.argv = argv  # which flags were typed: --resume keeps the run's settings for the others
-    if args.command == "bench":
-        args.bench_args = rest  # everything after `bench` belongs to the benchmark's own parser
-    elif rest:
+    if rest:
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from rnnlab import choices
 from rnnlab.errors import UserError
 
 
@@ -23,6 +24,7 @@ class Config:
     embed_dim: int | None = 128  # D: word embedding size; None feeds one-hot words straight into U (the lab)
     dropout: float = 0.0  # training only: drop embedding entries, layer outputs and s_T entries with this probability
     backward: str = "manual"  # "manual" (hand-written BPTT, the faster) or "autograd" (loss.backward through the loop)
+    engine: str = "auto"  # who runs the manual time loop: 'auto' (compiled where it builds), 'python' or 'compiled'
     # -- optimisation --
     optimizer: str = "adam"  # 'sgd', 'adagrad' or 'adam', all written by hand in optim.py
     lr: float = 2e-3  # learning rate
@@ -60,10 +62,11 @@ class Config:
     def validate(self) -> Config:
         """Raise UserError (one line, with the fix) for settings no run can use."""
         checks = [
-            (self.cell in ("rnn", "lstm", "gru"), f"--cell {self.cell}: choose rnn, lstm or gru"),
-            (self.phi in ("tanh", "relu"), f"--phi {self.phi}: choose tanh or relu"),
-            (self.backward in ("autograd", "manual"), f"--backward {self.backward}: choose autograd or manual"),
-            (self.optimizer in ("sgd", "adagrad", "adam"), f"--optimizer {self.optimizer}: choose sgd, adagrad, adam"),
+            (self.cell in choices.CELLS, f"--cell {self.cell}: choose {_or(choices.CELLS)}"),
+            (self.phi in choices.PHIS, f"--phi {self.phi}: choose {_or(choices.PHIS)}"),
+            (self.backward in choices.BACKWARDS, f"--backward {self.backward}: choose {_or(choices.BACKWARDS)}"),
+            (self.engine in choices.ENGINES, f"--engine {self.engine}: choose {_or(choices.ENGINES)}"),
+            (self.optimizer in choices.OPTIMIZERS, f"--optimizer {self.optimizer}: choose {_or(choices.OPTIMIZERS)}"),
             (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden "
                                f"{Config.hidden}"),
             (self.epochs >= 1, f"--epochs {self.epochs}: train for at least one epoch, e.g. --epochs {Config.epochs}"),
@@ -75,11 +78,10 @@ class Config:
             (self.layers >= 1, f"--layers {self.layers}: use at least 1"),
             (self.steps is None or self.steps >= 1, f"--steps {self.steps}: use at least 1 optimiser step"),
             (self.minutes is None or self.minutes > 0, f"--minutes {self.minutes}: use a positive number of minutes"),
-            (self.schedule in ("constant", "cosine", "step"), f"--schedule {self.schedule}: choose constant, cosine "
-                                                               "or step"),
+            (self.schedule in choices.SCHEDULES, f"--schedule {self.schedule}: choose {_or(choices.SCHEDULES)}"),
             (self.warmup >= 0, f"--warmup {self.warmup}: use 0 or more steps"),
-            (self.task in ("classify", "lm"), f"--task {self.task}: choose classify or lm"),
-            (self.level in ("char", "word"), f"--level {self.level}: choose char or word"),
+            (self.task in choices.TASKS, f"--task {self.task}: choose {_or(choices.TASKS)}"),
+            (self.level in choices.LEVELS, f"--level {self.level}: choose {_or(choices.LEVELS)}"),
             (self.seq_len >= 1, f"--seq-len {self.seq_len}: use at least 1 token per chunk, e.g. --seq-len 100"),
             (self.patience is None or self.patience >= 1, f"--patience {self.patience}: use at least 1, or 0 for none"),
             (self.momentum >= 0 and self.weight_decay >= 0, "--momentum and --weight-decay must be >= 0"),
@@ -102,6 +104,11 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _or(names) -> str:
+    """'a, b or c'"""
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def check_device(device: str) -> str:

@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 
+from rnnlab import choices
 from rnnlab.errors import UserError
 
 # ---------------------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ class Dataset:
 # Loading
 # ---------------------------------------------------------------------------------------------------
 
-FORMATS = ("tsv", "csv", "uci", "rt")
+FORMATS = choices.FORMATS
 UCI_LABEL_NAMES = ["negative", "positive"]  # the UCI files write 0 and 1
 RT_LABEL_NAMES = ["neg", "pos"]  # 0: lines of the .neg file, 1: lines of the .pos file
 

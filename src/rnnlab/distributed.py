@@ -35,6 +35,11 @@ buffer, so the logged training loss and accuracy are those of the whole batch.
 - The batches do not depend on W, so a run stopped and --resumed with another number of processes goes
   on along the same trajectory.
 
+The language model (`--task lm`) shards its B parallel streams the same way, strided: rank r reads
+streams r, r + W, ... of every chunk, starting from their carried states; its gradient is weighted by
+its number of tokens in the same one all-reduce, and the final states of all streams are gathered
+after every step (one more small all-reduce), so that rank 0's last.pt resumes every stream.
+
 A single process (no torchrun, or --nproc_per_node=1) gets `Alone`, which never touches
 torch.distributed: the training loop then computes exactly what it always did.
 Left out: overlapping communication with the backward (DistributedDataParallel's gradient buckets),
@@ -76,6 +81,14 @@ class Alone:
     def sum_step(self, params, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, rows: int):
         """(loss summed over the batch's rows, correct predictions, rows); the gradients stay as they are."""
         return loss.item() * rows, int((logits.argmax(1) == y).sum()), rows
+
+    def streams(self, n: int) -> torch.Tensor:
+        """The language model's streams this process reads, of n: all of them."""
+        return torch.arange(n)
+
+    def gather_streams(self, mine: torch.Tensor, n: int) -> torch.Tensor:
+        """(n, ...) from this process's rows of it (`streams(n)`): here they are all of it."""
+        return mine
 
     def __enter__(self):
         return self
@@ -150,6 +163,20 @@ class DataParallel(Alone):
         flat[:-3] /= seen
         _unflatten_into(flat, params, grads=True)
         return loss_sum, round(correct), round(seen)
+
+    # -- the language model: streams instead of rows ------------------------------------------------------------
+    def streams(self, n: int) -> torch.Tensor:
+        """Streams rank, rank + W, ... of the n parallel streams of a language model's text (n >= W)."""
+        return torch.arange(self.rank, n, self.world_size)
+
+    def gather_streams(self, mine: torch.Tensor, n: int) -> torch.Tensor:
+        """The (n, ...) tensor whose rows `streams(n)` are this rank's `mine`, the rest the other ranks': each
+        rank writes its rows into zeros and one all-reduce (SUM) adds them up. The carried states are
+        gathered so after every step, so every rank (and rank 0's checkpoint) holds all of them."""
+        full = mine.new_zeros(n, *mine.shape[1:])
+        full[self.streams(n).to(mine.device)] = mine
+        self._run(dist.all_reduce, full, op=dist.ReduceOp.SUM)
+        return full
 
     # -- failures: a lost peer becomes one line ---------------------------------------------------------------
     def _run(self, collective, *args, **kwargs) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from rnnlab.errors import UserError
 from rnnlab.model import Classifier
@@ -61,9 +60,7 @@ def trace(model: Classifier, ids: list[int], tokens: list[str], label_names: lis
     assert len(ids) == len(tokens), "one id per token"
     if not tokens:
         raise UserError(f"sentence {text!r} has no words; give each sentence at least one word")
-    x = torch.tensor([ids], device=model.W_out.device).t()  # (T, 1), time-major
-    if model.E is not None:
-        x = F.embedding(x, model.E)  # (T, 1, D)
+    x = model.inputs(torch.tensor([ids], device=model.W_out.device))  # (T, 1) ids or (T, 1, D), time-major
     for cell in model.cells:  # layer l reads the states s^{l-1}_1..s^{l-1}_T of the layer below
         buf = manual_forward(cell, x)
         x = buf.h[1:]  # (T, 1, H)
@@ -92,21 +89,6 @@ def explain_checkpoint(path, texts: list[str]) -> tuple[Classifier, list[Trace]]
 
     model, config, vocab, label_names, _ = checkpoint.load_model(path)
     return model, explain_texts(model, vocab, texts, label_names, config.lowercase)
-
-
-def explain_lab(texts: list[str] | None = None) -> tuple[Classifier, list[Trace]]:
-    """(model, traces) with the lab handout's model, trained here as `rnnlab lab` trains it (about a second).
-    The lab's words are split on spaces and kept case-sensitive; default: the handout's two test sentences."""
-    from rnnlab import lab
-    from rnnlab.config import Config
-
-    sentences = [t.split() for t in texts] if texts else [list(s) for s in lab.TEST_SENTENCES]
-    for i, words in enumerate(sentences, start=1):  # check the words before the second of training
-        if not words:
-            raise UserError(f"sentence {i} is empty; give it some of the lab's words, e.g. \"The movie is good\"")
-        lab.sentence_ids(words, where=f"sentence {i}")
-    model, _ = lab.train_lab_model(Config.lab(), log=lambda _: None)
-    return model, lab.traces(model, sentences)
 
 
 def write(model: Classifier, traces: list[Trace], out_dir) -> list:

@@ -37,13 +37,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check(cell: str = "rnn", *, B: int = 3, T: int = 7, V: int = 11, D: int = 4, H: int = 5, C: int = 3,
-          seed: int = 0) -> list[Row]:
+          seed: int = 0, engine: str | None = None) -> list[Row]:
+    """`engine` runs the hand BPTT's time loop (rnnlab.engine: 'python', 'compiled', 'auto'; None: RNNLAB_ENGINE)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, V, (B, T), generator=g)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0] = T  # one full-length sequence, the others padded
     labels = torch.randint(0, C, (B,), generator=g)
-    model = Classifier(V, H, C, cell=cell, embed_dim=D, seed=seed, dtype=torch.float64)
+    model = Classifier(V, H, C, cell=cell, embed_dim=D, seed=seed, dtype=torch.float64, engine=engine)
 
     def loss() -> torch.Tensor:
         return F.cross_entropy(model(ids, lengths), labels)

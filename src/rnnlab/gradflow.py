@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from rnnlab.errors import UserError
 from rnnlab.model import Classifier
 from rnnlab.optim import clip_grad_norm, grad_norm
-from rnnlab.recurrent import bptt, manual_forward
+from rnnlab.recurrent import backward_through_time, manual_forward
 
 SETUPS = (("rnn", 0.5), ("rnn", 1.0), ("rnn", 1.5), ("lstm", None), ("gru", None))
 
@@ -95,7 +95,7 @@ def state_gradients(model: Classifier, ids: torch.Tensor, y: torch.Tensor):
     cells); and the mean activation of each gate over the forward pass ({} for the vanilla RNN)."""
     _one_layer(model)
     with torch.no_grad():
-        x = ids.t() if model.E is None else F.embedding(ids.t(), model.E)  # time-major
+        x = model.inputs(ids)  # time-major
         buf = manual_forward(model.cell, x)
         gates = {k: float(v.mean()) for k, v in model.cell.activations(buf).items() if k != "c"}
         s_T = buf.h[-1].clone()
@@ -115,7 +115,7 @@ def final_state_jacobians(model: Classifier, ids: torch.Tensor) -> torch.Tensor:
     H = model.hidden_size
     with torch.no_grad():
         rep = ids.repeat_interleave(H, dim=0)  # (B*H, T): copy i of sequence b is row b*H + i
-        x = rep.t() if model.E is None else F.embedding(rep.t(), model.E)
+        x = model.inputs(rep)
         buf = manual_forward(model.cell, x)
         dh_T = torch.eye(H, dtype=buf.h.dtype).repeat(B, 1)  # e_i for copy i
         return _backward(model, buf, x, dh_T)[0].view(T, B, H, H)
@@ -128,14 +128,11 @@ def memory_needed(length: int, hidden: int, jacobian_sequences: int = 4) -> int:
 
 
 def _backward(model: Classifier, buf, x, dh_T: torch.Tensor):
-    """Run `recurrent.bptt` from dL/ds_T = dh_T (and dL/dc_T = 0) and keep dL/ds_t of every step, and
-    dL/dc_t for the LSTM (else None)."""
+    """The hand BPTT (`recurrent.backward_through_time`) from dL/ds_T = dh_T (and dL/dc_T = 0), keeping
+    dL/ds_t of every step, and dL/dc_t for the LSTM (else None)."""
     cell = model.cell
     T, B = x.shape[:2]
-    cell.local_derivatives(buf)
-    cell.scratch(buf, T, B, cell.W, reuse=True)
-    if cell.n_states == 2:
-        buf.dc.zero_()
+    cell.local_derivatives(buf)  # after the gates were read: this overwrites them
     ds = buf.h.new_empty(T, B, model.hidden_size)
     dcs = buf.h.new_empty(T, B, model.hidden_size) if cell.n_states == 2 else None
 
@@ -144,7 +141,7 @@ def _backward(model: Classifier, buf, x, dh_T: torch.Tensor):
         if dcs is not None:
             dcs[t - 1] = dc
 
-    bptt(cell, buf, dh_T.clone(), on_step=record)
+    backward_through_time(cell, buf, dh_T, on_step=record)
     return ds, dcs
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from rnnlab.config import Config
 from rnnlab.errors import UserError
+from rnnlab.explain import Trace, plot_trajectories, trace
 from rnnlab.model import Classifier
 from rnnlab.optim import SGD
 
@@ -62,10 +63,20 @@ def sentence_ids(words: list[str], where: str = "sentence") -> torch.Tensor:
 
 def traces(model: Classifier, sentences: list[list[str]]) -> list:
     """`explain.trace` of each sentence (words of the lab's vocabulary) with the lab's classes "0", "1"."""
-    from rnnlab.explain import trace
-
     ids = [sentence_ids(s, where=f"sentence {i}")[0].tolist() for i, s in enumerate(sentences, start=1)]
     return [trace(model, i, s, ["0", "1"]) for i, s in zip(ids, sentences)]
+
+
+def explain_lab(texts: list[str] | None = None) -> tuple[Classifier, list[Trace]]:
+    """(model, traces) with the lab handout's model, trained here as `rnnlab lab` trains it (about a second).
+    The lab's words are split on spaces and kept case-sensitive; default: the handout's two test sentences."""
+    sentences = [t.split() for t in texts] if texts else [list(s) for s in TEST_SENTENCES]
+    for i, words in enumerate(sentences, start=1):  # check the words before the second of training
+        if not words:
+            raise UserError(f"sentence {i} is empty; give it some of the lab's words, e.g. \"The movie is good\"")
+        sentence_ids(words, where=f"sentence {i}")
+    model, _ = train_lab_model(Config.lab(), log=lambda _: None)
+    return model, traces(model, sentences)
 
 
 def train_lab_model(config: Config, log=print) -> tuple[Classifier, list[float]]:
@@ -132,7 +143,6 @@ def run_lab(config: Config | None = None, out_dir: str | Path = "runs/lab", *, t
 
 def _write_run(config: Config, out: Path, result: LabResult, sentences: list[list[str]], show: bool) -> list[Path]:
     from rnnlab import plots  # matplotlib is imported only when a picture is drawn
-    from rnnlab.explain import plot_trajectories
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json() + "\n")

@@ -39,11 +39,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rnnlab import choices
 from rnnlab.errors import UserError
 from rnnlab.model import Classifier
 from rnnlab.optim import clip_grad_norm, make_optimizer
 
-CELLS = ("rnn", "lstm", "gru")
+CELLS = choices.CELLS
 DISTANCES = (5, 10, 20, 50, 100)  # D: distractor tokens between the signal and the answer
 
 
@@ -69,7 +70,8 @@ class MemoryConfig:
             (self.steps >= 1, f"--steps {self.steps}: train for at least one step, e.g. --steps 2000"),
             (self.batch_size >= 1, f"batch_size {self.batch_size}: use at least 1"),
             (self.hidden >= 1, f"--hidden {self.hidden}: the hidden size must be a positive integer, e.g. --hidden 32"),
-            (self.optimizer in ("adam", "sgd"), f"--optimizer {self.optimizer}: choose adam or sgd"),
+            (self.optimizer in choices.OPTIMIZERS,
+             f"--optimizer {self.optimizer}: choose one of {', '.join(choices.OPTIMIZERS)}"),
             (self.lr > 0, f"--lr {self.lr}: the learning rate must be positive"),
             (self.clip > 0, f"clip {self.clip}: use a positive norm"),
             (self.num_classes >= 2, f"num_classes {self.num_classes}: use at least 2"),
@@ -218,7 +220,7 @@ def write_results(rows: list[dict], config: MemoryConfig, out_dir: str | Path, *
     json_path.write_text(json.dumps({"config": dataclasses.asdict(config), "chance": chance, "rows": rows},
                                     indent=2) + "\n")
     c = config
-    name = {"adam": "Adam", "sgd": "SGD"}[c.optimizer]
+    name = {"adam": "Adam", "sgd": "SGD", "adagrad": "Adagrad"}[c.optimizer]
     seeds = f"seed {c.seed}" if c.seeds == 1 else f"mean of seeds {c.seed}-{c.seed + c.seeds - 1} (band: min-max)"
     budget = (f"H = {c.hidden}, {c.steps} {name} steps of {c.batch_size} at lr {c.lr:g}, clip {c.clip:g}, "
               f"{c.num_classes} classes, {seeds}")

@@ -30,7 +30,34 @@ from rnnlab.recurrent import dropout as _dropout
 from rnnlab.recurrent import unroll_layers
 
 
-class Classifier:
+class Parameters:
+    """What a model does with its leaf tensors, given `named_parameters()` (name -> tensor, in a fixed order):
+    the list the optimiser steps, their count, and the plain copies a checkpoint holds."""
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.named_parameters().values())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.named_parameters().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        mine = self.named_parameters()
+        if set(state) != set(mine):
+            raise KeyError(f"parameter names differ: expected {sorted(mine)}, got {sorted(state)}")
+        with torch.no_grad():
+            for n, p in mine.items():
+                if state[n].shape != p.shape:
+                    raise ValueError(f"{n}: expected shape {tuple(p.shape)}, got {tuple(state[n].shape)}")
+                p.copy_(state[n])
+
+
+class Classifier(Parameters):
     """ids (B, T) with lengths (B,) -> logits (B, C), through `layers` stacked cells.
 
     W_out, b_out ~ Uniform(-1/sqrt(H), 1/sqrt(H)) (torch.nn.Linear's default, fan-in H); the cell
@@ -39,7 +66,8 @@ class Classifier:
 
     def __init__(self, vocab_size: int, hidden_size: int, num_classes: int = 2, *, cell: str = "rnn",
                  phi: str = "tanh", embed_dim: int | None = None, layers: int = 1,
-                 backward: str = "autograd", seed: int | None = None, dtype=torch.float32, device=None):
+                 backward: str = "autograd", seed: int | None = None, dtype=torch.float32, device=None,
+                 engine: str | None = None):
         if vocab_size < 1 or hidden_size < 1 or num_classes < 2 or layers < 1:
             raise ValueError("need vocab_size >= 1, hidden_size >= 1, num_classes >= 2 and layers >= 1")
         g = torch.Generator(device=device or "cpu")
@@ -49,6 +77,7 @@ class Classifier:
             g.seed()
         self.vocab_size, self.hidden_size, self.num_classes = vocab_size, hidden_size, num_classes
         self.embed_dim, self.backward = embed_dim, backward
+        self.engine = engine  # who runs backward="manual"'s time loop (rnnlab.engine); None: RNNLAB_ENGINE or auto
         self.E = None
         if embed_dim:
             self.E = torch.randn(vocab_size, embed_dim, generator=g, dtype=dtype, device=device).requires_grad_()
@@ -82,37 +111,23 @@ class Classifier:
         params["W_out"], params["b_out"] = self.W_out, self.b_out
         return params
 
-    def parameters(self) -> list[torch.Tensor]:
-        return list(self.named_parameters().values())
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.named_parameters().items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        mine = self.named_parameters()
-        if set(state) != set(mine):
-            raise KeyError(f"parameter names differ: expected {sorted(mine)}, got {sorted(state)}")
-        with torch.no_grad():
-            for n, p in mine.items():
-                if state[n].shape != p.shape:
-                    raise ValueError(f"{n}: expected shape {tuple(p.shape)}, got {tuple(state[n].shape)}")
-                p.copy_(state[n])
-
     # -- forward --------------------------------------------------------------------------------------
+    def inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        """x_t for every step of ids (B, T), time-major as the loop runs (no transposed copies later): the ids
+        themselves (T, B), since one-hot(id) U == U[:, id] is a column lookup; or the embeddings E[id] (T, B, D)."""
+        assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
+        ids = ids.t()  # (T, B)
+        return ids if self.E is None else F.embedding(ids, self.E)
+
     def states(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, backward: str | None = None,
                dropout: tuple[float, torch.Generator] | None = None):
         """The top layer's states: outputs (T, B, H) (zero past each length) and its final state tuple.
         With dropout = (p, generator), the embeddings and each layer's outputs but the top's are dropped."""
-        assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
-        ids = ids.t()  # time-major (T, B), the order the loop runs in: no transposed copies later
-        x = ids if self.E is None else F.embedding(ids, self.E)  # one-hot(id) U == U[:, id];  or E[id]  (T, B, D)
+        x = self.inputs(ids)
         if dropout is not None and self.E is not None:
             x = _dropout(x, *dropout)
         out, finals = unroll_layers(self.cells, x, None, lengths, backward or self.backward, dropout_between=dropout,
-                                    batch_first=False)
+                                    batch_first=False, engine=self.engine)
         return out, finals[-1]
 
     def logits(self, s_T: torch.Tensor) -> torch.Tensor:

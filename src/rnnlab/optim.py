@@ -33,9 +33,10 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from rnnlab import choices
 from rnnlab.errors import UserError
 
-OPTIMIZERS = ("sgd", "adagrad", "adam")  # the names make_optimizer accepts
+OPTIMIZERS = choices.OPTIMIZERS  # the names make_optimizer accepts
 
 
 class HyperParameterError(UserError, ValueError):
@@ -393,7 +394,7 @@ class WarmupLR(LRSchedule):
         return self.base_lr if self.after is None else self.after.lr_at(t - self.warmup)
 
 
-SCHEDULES = ("constant", "cosine", "step")  # the names make_schedule accepts
+SCHEDULES = choices.SCHEDULES  # the names make_schedule accepts
 STEP_GAMMA = 0.3  # "step": lr times 0.3 after each third of the steps past the warm-up (3 levels: 1, 0.3, 0.09)
 
 

@@ -19,6 +19,10 @@ sequence's state at its true last step. Two backward paths give the same gradien
   the cells' `backward_t` step by step, and `_ManualBPTT.backward` sets it up and turns its results
   into weight gradients. `_ManualBPTT` is a `torch.autograd.Function` only so that it plugs into the
   rest of a model (embedding, output layer, loss) and can be checked with `torch.autograd.gradcheck`.
+  `engine` picks who runs the time loop: this file's Python (engine="python", the readable reference)
+  or the same equations compiled (engine="compiled": `compiled_forward` / `compiled_bptt`, see
+  `rnnlab.engine` and csrc/loop.cpp); "auto" (the default, or RNNLAB_ENGINE) takes the compiled loop
+  on the CPU where it builds.
 
 BPTT, for gradients ds_t arriving from the loss (through the outputs and the final state):
     for t = T..1:   cell.backward_t(t - 1, ds_t, buf) writes dp_t and dgh_t into buf, and into
@@ -45,10 +49,12 @@ import contextlib
 
 import torch
 
+from rnnlab import choices, gemm
+from rnnlab import engine as engines
 from rnnlab.cells import Buffers, Cell, State, make_cell
 from rnnlab.gemm import linear
 
-BACKWARDS = ("autograd", "manual")
+BACKWARDS = choices.BACKWARDS
 
 
 def _mask(lengths: torch.Tensor | None, T: int, B: int, device) -> torch.Tensor | None:
@@ -85,12 +91,14 @@ def _keep_padded(mask_t: torch.Tensor | None, new: State, old: State) -> State:
 
 
 def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: torch.Tensor | None = None,
-           backward: str = "autograd", batch_first: bool = True) -> tuple[torch.Tensor, State]:
+           backward: str = "autograd", batch_first: bool = True, engine: str | None = None,
+           ) -> tuple[torch.Tensor, State]:
     """Run `cell` over x: (B, T) token ids or (B, T, E) vectors, or (T, B) / (T, B, E) with
     batch_first=False (time-major, which the loop uses: no transposed copy is made).
 
     Returns outputs (T, B, H), time-major and zero at padded steps, and the final state, a tuple of
     (B, H) tensors taken at each sequence's last real step. `state=None` starts from zeros.
+    `engine` ("auto", "python", "compiled"; None reads RNNLAB_ENGINE) runs backward="manual"'s loop.
     """
     if x.dim() not in (2, 3) or (x.dim() == 2 and x.is_floating_point()):
         raise ValueError(f"x must be (B, T) integer token ids or (B, T, E) vectors, got {x.dtype} {tuple(x.shape)}")
@@ -105,7 +113,8 @@ def unroll(cell: Cell, x: torch.Tensor, state: State | None = None, lengths: tor
     state = cell.zero_state(B) if state is None else tuple(state)
     mask = _mask(lengths, T, B, x.device)
     if backward == "manual":
-        out = _ManualBPTT.apply(cell, x, mask, len(state), *state, *cell.parameters())
+        which = engines.resolve(engine, cell.W)
+        out = _ManualBPTT.apply(cell, x, mask, which, len(state), *state, *cell.parameters())
         return out[0], tuple(out[1:])
     if backward != "autograd":
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
@@ -130,7 +139,7 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tens
 def unroll_layers(cells: list[Cell], x: torch.Tensor, states: list[State] | None = None,
                   lengths: torch.Tensor | None = None, backward: str = "autograd",
                   dropout_between: tuple[float, torch.Generator] | None = None,
-                  batch_first: bool = True) -> tuple[torch.Tensor, list[State]]:
+                  batch_first: bool = True, engine: str | None = None) -> tuple[torch.Tensor, list[State]]:
     """Stacked layers, as torch.nn's num_layers: the outputs s^l_1..s^l_T of layer l are the inputs of
     layer l + 1, each layer one `unroll` (so with backward="manual" the hand BPTT runs layer by layer,
     top layer first). dropout_between = (p, generator) drops layer l's outputs before layer l + 1 reads
@@ -141,7 +150,7 @@ def unroll_layers(cells: list[Cell], x: torch.Tensor, states: list[State] | None
         if layer > 0 and dropout_between is not None:
             x = dropout(x, *dropout_between)
         x, state = unroll(cell, x, None if states is None else states[layer], lengths, backward,
-                          batch_first=batch_first and layer == 0)  # layer 0's outputs are time-major
+                          batch_first=batch_first and layer == 0, engine=engine)  # layer 0's outputs are time-major
         finals.append(state)
     return x, finals
 
@@ -220,27 +229,120 @@ def bptt(cell: Cell, buf: Buffers, dh: torch.Tensor, d_out: torch.Tensor | None 
     return dh
 
 
+def _mask_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(T, B, 1) bool -> (T, B) uint8, contiguous, as the compiled loop reads it."""
+    return None if mask is None else mask[..., 0].contiguous().view(torch.uint8)
+
+
+def _onednn(cell: Cell, B: int) -> bool:
+    """Whether the step's product (B, H) x (H, G*H) goes to oneDNN: the rule of `gemm.linear`."""
+    W = cell.W.detach()
+    with torch.no_grad():
+        return gemm._use_onednn(W.new_empty(B, W.shape[1]), W)
+
+
+def compiled_forward(cell: Cell, x: torch.Tensor, state: State, mask: torch.Tensor | None) -> dict:
+    """`manual_forward` + `local_derivatives`, run by the compiled loop (csrc/loop.cpp): the same
+    equations, one product and one fused point-wise pass per step. Returns the tensors its backward
+    reads, by name: P (T, B, G*H) the gate activations, h (T + 1, B, H) s_0..s_T, and c, tc (LSTM:
+    c_0..c_T and tanh(c_t)) or ghn (GRU: W_n s_{t-1} + b_hn)."""
+    ops = engines.load()
+    T, B = x.shape[:2]
+    H = cell.hidden_size
+    P = input_projection(cell, x).contiguous()  # U x_t + b, overwritten with the gates
+    W, m, dnn = cell.W.detach(), _mask_bytes(mask), _onednn(cell, B)
+    h = P.new_empty(T + 1, B, H)
+    h[0] = state[0]
+    if cell.name == "rnn":
+        ops.rnn_forward(P, h, W, m, cell.phi == "relu", dnn)
+        return {"P": P, "h": h}
+    if cell.name == "lstm":
+        c, tc = P.new_empty(T + 1, B, H), P.new_empty(T, B, H)
+        c[0] = state[1]
+        ops.lstm_forward(P, h, c, tc, W, m, dnn)
+        return {"P": P, "h": h, "c": c, "tc": tc}
+    ghn = P.new_empty(T, B, H)
+    b_hn = None if cell.b_hn is None else cell.b_hn.detach()
+    ops.gru_forward(P, h, ghn, W, b_hn, m, dnn)
+    return {"P": P, "h": h, "ghn": ghn}
+
+
+def compiled_bptt(cell: Cell, saved: dict, dh: torch.Tensor, dc: torch.Tensor | None, d_out: torch.Tensor | None,
+                  mask: torch.Tensor | None, W: torch.Tensor, reuse: bool) -> tuple[Buffers, State]:
+    """`bptt` run by the compiled loop over what `compiled_forward` saved: dh = dL/ds_T (dc = dL/dc_T)
+    in; buffers with dp (and dgh_n, GRU) for `weight_grads`, and dL/ds_0 (dL/dc_0) out. With `reuse`,
+    dp is written over the saved gates (one backward per forward), as the Python loop does."""
+    ops = engines.load()
+    P, h = saved["P"], saved["h"]
+    if reuse:  # C++ writes through pointers: tell autograd the saved gates change, so a second backward is refused
+        torch.autograd.graph.increment_version(P)
+    else:
+        P = P.clone()
+    W, m = W.detach(), _mask_bytes(mask)
+    d_out = None if d_out is None else d_out.contiguous()
+    dnn = _onednn(cell, h.shape[1])
+    if cell.name == "rnn":
+        d0 = (ops.rnn_backward(P, h, W, dh, d_out, m, cell.phi == "relu", dnn),)
+        return Buffers(h=h, dp=P), d0
+    if cell.name == "lstm":
+        d0 = tuple(ops.lstm_backward(P, saved["c"], saved["tc"], W, dh, dc, d_out, m, dnn))
+        return Buffers(h=h, dp=P), d0
+    ghn = saved["ghn"] if reuse else saved["ghn"].clone()
+    d0 = (ops.gru_backward(P, h, ghn, W, dh, d_out, m, dnn),)
+    return Buffers(h=h, dp=P, dgh_n=ghn), d0  # ghn now holds dgh_n = dn * r
+
+
+def backward_through_time(cell: Cell, buf: Buffers, dh_T: torch.Tensor | None, dc_T: torch.Tensor | None = None, *,
+                          d_out: torch.Tensor | None = None, mask: torch.Tensor | None = None, on_step=None,
+                          W: torch.Tensor | None = None, reuse: bool = True) -> State:
+    """The Python engine's hand BPTT, from the buffers of `manual_forward` after `cell.local_derivatives(buf)`:
+    the one entry into it, for `_ManualBPTT.backward` and for `rnnlab gradflow`, which watches it.
+
+    dh_T = dL/ds_T and dc_T = dL/dc_T (LSTM) arrive at the final state (None: zero); d_out, mask and
+    on_step are `bptt`'s. Returns dL/ds_0 (and dL/dc_0), and leaves dp_t (and dgh_t) in buf for the
+    weight gradients. W is the forward's weight as saved with it (default: the cell's). With `reuse`,
+    dp is written over the saved local derivatives (one backward per forward)."""
+    T, B, H = buf.h.shape[0] - 1, buf.h.shape[1], buf.h.shape[2]
+    cell.scratch(buf, T, B, cell.W if W is None else W, reuse=reuse)
+    dh = dh_T.clone() if dh_T is not None else buf.h.new_zeros(B, H)  # bptt overwrites its dh
+    if cell.n_states == 2 and dc_T is not None:
+        buf.dc.copy_(dc_T)
+    elif cell.n_states == 2:
+        buf.dc.zero_()
+    dh = bptt(cell, buf, dh, d_out, mask, on_step)  # dL/ds_0, and dp_t, dgh_t for every t in buf
+    return (dh, buf.dc.clone()) if cell.n_states == 2 else (dh,)
+
+
 class _ManualBPTT(torch.autograd.Function):
-    """Forward without autograd into preallocated buffers; backward is the hand-derived BPTT."""
+    """Forward without autograd into preallocated buffers; backward is the hand-derived BPTT. `engine`
+    ("python" or "compiled", resolved by `rnnlab.engine.resolve`) says who runs the time loop."""
 
     @staticmethod
-    def forward(ctx, cell: Cell, x, mask, n_states: int, *state_and_params):
+    def forward(ctx, cell: Cell, x, mask, engine: str, n_states: int, *state_and_params):
         """x is time-major: (T, B) ids or (T, B, E)."""
         state = state_and_params[:n_states]
         T, B = x.shape[:2]
         for s in state:
             assert s.dtype == cell.W.dtype and s.device == cell.W.device, "the state must match the weights"
-        buf = manual_forward(cell, x, state, mask)
-        cell.local_derivatives(buf)  # the gates' local derivatives, for all steps at once
-        # (the local derivatives of padded steps come from states that the mask then discards; the
-        # backward multiplies them by a zero gradient, so they never count)
-        ctx.cell, ctx.mask, ctx.reuse, ctx.done = cell, mask, not _retain_buffers, False
-        # saved through autograd: freed after backward (kept only with retain_graph), and W and U are
-        # version-checked, so changing a weight between forward and backward is an error, not a wrong gradient
-        ctx.save_for_backward(x, cell.W, cell.U, *(getattr(buf, name) for name in cell.saved))
+        ctx.cell, ctx.mask, ctx.reuse, ctx.done, ctx.engine = cell, mask, not _retain_buffers, False, engine
+        if engine == "compiled":
+            saved = compiled_forward(cell, x, state, mask)
+            ctx.names = tuple(saved)
+            h = saved["h"]
+            ctx.save_for_backward(x, cell.W, cell.U, *saved.values())
+            final = (h[T].clone(),) if n_states == 1 else (h[T].clone(), saved["c"][T].clone())
+        else:
+            buf = manual_forward(cell, x, state, mask)
+            cell.local_derivatives(buf)  # the gates' local derivatives, for all steps at once
+            # (the local derivatives of padded steps come from states that the mask then discards; the
+            # backward multiplies them by a zero gradient, so they never count)
+            # saved through autograd: freed after backward (kept only with retain_graph), and W and U are
+            # version-checked, so changing a weight between forward and backward is an error, not a wrong gradient
+            ctx.save_for_backward(x, cell.W, cell.U, *(getattr(buf, name) for name in cell.saved))
+            h = buf.h
+            final = (h[T].clone(),) if n_states == 1 else (h[T].clone(), buf.c[T].clone())  # not views of out
         ctx.set_materialize_grads(False)
-        out = buf.h[1:] if mask is None else buf.h[1:] * mask  # (T, B, H)
-        final = (buf.h[T].clone(),) if n_states == 1 else (buf.h[T].clone(), buf.c[T].clone())  # not views of out
+        out = h[1:] if mask is None else h[1:] * mask  # (T, B, H)
         return (out, *final)
 
     @staticmethod
@@ -255,17 +357,20 @@ class _ManualBPTT(torch.autograd.Function):
             raise RuntimeError("backward='manual' writes its gradients over its saved buffers, so it supports one "
                                "backward per forward; run the forward inside `with rnnlab.retain_buffers():` "
                                "to backpropagate twice (retain_graph=True, gradcheck)") from e
-        buf = Buffers(**dict(zip(cell.saved, saved)))
-        T, B, H = buf.h.shape[0] - 1, buf.h.shape[1], buf.h.shape[2]
-        cell.scratch(buf, T, B, W, reuse=ctx.reuse)
+        if ctx.engine == "compiled":
+            h = saved[ctx.names.index("h")]
+            T, B, H = h.shape[0] - 1, h.shape[1], h.shape[2]
+            # gradients arriving at the final state; zeros where the caller did not use it
+            dh = d_final[0].clone() if d_final[0] is not None else h.new_zeros(B, H)
+            dc = None
+            if cell.n_states == 2:
+                dc = d_final[1].clone() if d_final[1] is not None else h.new_zeros(B, H)
+            buf, d_state0 = compiled_bptt(cell, dict(zip(ctx.names, saved)), dh, dc, d_out, mask, W, ctx.reuse)
+        else:
+            buf = Buffers(**dict(zip(cell.saved, saved)))
+            T, B, H = buf.h.shape[0] - 1, buf.h.shape[1], buf.h.shape[2]
+            d_state0 = backward_through_time(cell, buf, *d_final, d_out=d_out, mask=mask, W=W, reuse=ctx.reuse)
         GH = cell.n_gates * H
-        # gradients arriving at the final state; zeros where the caller did not use it
-        dh = d_final[0].clone() if d_final[0] is not None else buf.h.new_zeros(B, H)
-        if cell.n_states == 2 and d_final[1] is not None:
-            buf.dc.copy_(d_final[1])
-        elif cell.n_states == 2:
-            buf.dc.zero_()
-        dh = bptt(cell, buf, dh, d_out, mask)  # dL/ds_0, and dp_t, dgh_t for every t in buf
         # weight gradients: one matmul each over all steps
         dp = buf.dp.view(-1, GH)
         grads = cell.weight_grads(buf, buf.h[:-1].reshape(-1, H))  # dW = sum_t dgh_t^T s_{t-1}
@@ -280,10 +385,9 @@ class _ManualBPTT(torch.autograd.Function):
                 dx = linear(dp, U.t().contiguous()).view(T, B, -1)  # dx_t = U^T dp_t, time-major like x
         if cell.b is not None:
             grads["b"] = dp.sum(dim=0)  # db = sum_t dp_t
-        d_state0 = (dh, buf.dc.clone()) if cell.n_states == 2 else (dh,)
         d_params = [grads.get(n) if p is not None else None for n, p in zip(cell.param_names, cell.parameters())]
         ctx.done = True
-        return (None, dx, None, None, *d_state0, *d_params)
+        return (None, dx, None, None, None, *d_state0, *d_params)
 
 
 class Recurrent:
@@ -302,7 +406,7 @@ class Recurrent:
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, phi: str = "tanh", backward: str = "autograd",
-                 generator=None, dtype=torch.float32, device=None):
+                 generator=None, dtype=torch.float32, device=None, engine: str | None = None):
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         if not 0 <= dropout < 1:
@@ -312,7 +416,7 @@ class Recurrent:
                                             bias=bias, generator=generator, dtype=dtype, device=device)
                                   for layer in range(num_layers)]
         self.num_layers, self.dropout, self.training = num_layers, dropout, True
-        self.batch_first, self.backward = batch_first, backward
+        self.batch_first, self.backward, self.engine = batch_first, backward, engine
 
     @property
     def cell(self) -> Cell:
@@ -356,7 +460,7 @@ class Recurrent:
             drop = (self.dropout, generator)
         batch_first = self.batch_first and not unbatched
         out, finals = unroll_layers(self.cells, x, states, lengths, self.backward, drop,
-                                    batch_first=batch_first)  # out (T, B, H): the top layer's
+                                    batch_first=batch_first, engine=self.engine)  # out (T, B, H): the top layer's
         # finals: per layer (h_n, [c_n]) -> h_n (N, B, H) [, c_n (N, B, H)], bottom layer first
         state = tuple(torch.stack([f[k] for f in finals]) for k in range(self.cell.n_states))
         if unbatched:
@@ -366,7 +470,7 @@ class Recurrent:
         return out, (state if self.cell.n_states == 2 else state[0])
 
     @classmethod
-    def from_torch(cls, module: torch.nn.Module, backward: str = "autograd") -> Recurrent:
+    def from_torch(cls, module: torch.nn.Module, backward: str = "autograd", engine: str | None = None) -> Recurrent:
         """An rnnlab layer with the weights of a unidirectional nn.RNN/LSTM/GRU (any num_layers; its
         dropout and training mode too)."""
         kind = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}.get(type(module).__name__)
@@ -378,7 +482,7 @@ class Recurrent:
         w = module.weight_hh_l0
         layer = cls(kind, module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
                     batch_first=module.batch_first, dropout=module.dropout, phi=phi, backward=backward,
-                    dtype=w.dtype, device=w.device)
+                    dtype=w.dtype, device=w.device, engine=engine)
         layer.train(module.training)
         H = module.hidden_size
         with torch.no_grad():
@@ -420,6 +524,6 @@ class Recurrent:
         return module
 
 
-def from_torch(module: torch.nn.Module, backward: str = "autograd") -> Recurrent:
+def from_torch(module: torch.nn.Module, backward: str = "autograd", engine: str | None = None) -> Recurrent:
     """`rnnlab.from_torch(nn.LSTM(...))`: see `Recurrent.from_torch`."""
-    return Recurrent.from_torch(module, backward=backward)
+    return Recurrent.from_torch(module, backward=backward, engine=engine)

@@ -11,6 +11,9 @@ The page shows, from the files a run folder holds:
                      model's prediction and its `explain` trace: p(class) and the gates after every word
     trajectory.png   drawn here: the hidden-state paths of those sentences on their principal components
 
+A language model's run (`train --task lm`) gets its own page: the curves, samples at temperatures 0.5
+and 1, and the start of the held-out text (samples.json) coloured by surprisal (see lm.py).
+
 Images are embedded as base64 `data:` URIs, so the page is one file that can be mailed or archived;
 links to the run's data files (config, history, metrics) are relative, so they work beside it.
 Left out: interactive plots, comparing several runs on one page.
@@ -47,6 +50,8 @@ def write_report(run_dir, sentences: list[str] | None = None, out_dir=None) -> l
     out = Path(out_dir) if out_dir is not None else run
     if not (run / checkpoint.BEST).is_file():
         raise UserError("not a finished run folder (no model.pt); pass a folder written by `rnnlab train`", path=run)
+    if checkpoint.read(run)["config"].get("task") == "lm":
+        return _lm_report(run, out, sentences or [])
     model, config, vocab, label_names, _ = checkpoint.load_model(run)
     samples = _samples(run / "samples.json") + [{"text": s, "label": None} for s in sentences or []]
     traces = explain_texts(model, vocab, [s["text"] for s in samples], label_names, config.lowercase)
@@ -69,19 +74,20 @@ def write_report(run_dir, sentences: list[str] | None = None, out_dir=None) -> l
     if metrics:
         parts.append(_metrics_html(metrics))
     parts.append("<h2>Curves</h2>")
-    for name, caption in IMAGES:
-        if images[name].is_file():
-            data = base64.b64encode(images[name].read_bytes()).decode("ascii")
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
-                         f"<figcaption>{_e(caption)}</figcaption></figure>")
+    parts += [_img(images[name], caption) for name, caption in IMAGES if images[name].is_file()]
     if traces:
         parts.append("<h2>Sample predictions, word by word</h2><p>After each word: the class probabilities the "
                      "model would give if the sentence ended there" + (", and the mean of each gate over the "
                      "hidden units" if traces[0].gates else "") + ". Grey words are not in the vocabulary.</p>")
         parts += [_trace_html(tr, s["label"]) for tr, s in zip(traces, samples)]
-    parts.append("<h2>Settings</h2><table>" + "".join(
+    return [_finish_page(run, out, config, parts), *drawn]
+
+
+def _finish_page(run: Path, out: Path, config, parts: list[str]) -> Path:
+    """The settings table and the links to the run's files after `parts`; report.html written atomically."""
+    parts = parts + ["<h2>Settings</h2><table>" + "".join(
         f'<tr><th class="l">{_e(k)}</th><td class="l">{_e(v)}</td></tr>' for k, v in config.to_dict().items())
-        + "</table>")
+        + "</table>"]
     links = [f'<a href="{_e(Path(os.path.relpath(run / n, out)).as_posix())}">{n}</a>'
              for n in ("config.json", "history.csv", "metrics.json", checkpoint.BEST) if (run / n).is_file()]
     parts.append(f"<p>Files: {' · '.join(links)}</p>")
@@ -91,7 +97,50 @@ def write_report(run_dir, sentences: list[str] | None = None, out_dir=None) -> l
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)  # whole or not at all
-    return [path, *drawn]
+    return path
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+LM_TEMPERATURES = (0.5, 1.0)  # the report's two samples: conservative, and the model's own distribution
+
+
+def _lm_report(run: Path, out: Path, sentences: list[str]) -> list[Path]:
+    """A language model's page: curves, samples at two temperatures, and the held-out text (and any
+    --sentence) coloured by surprisal."""
+    from rnnlab import lm
+
+    model, config, vocab = lm.load(run)
+    history = []
+    if (run / "history.csv").is_file():
+        with open(run / "history.csv", newline="") as f:
+            history = list(csv.DictReader(f))
+    best = min((float(r["val_loss"]) for r in history), default=float("nan"))
+    parts = [f"<h1>rnnlab language model: {_e(run.resolve().name)}</h1>",
+             f"<p>{config.layers} x {_e(config.cell.upper())} {config.hidden}, {config.level} level, {len(vocab):,} "
+             f"tokens in the vocabulary; {len(history)} epochs; best validation loss {best:.4f} nats per token "
+             f"({best / lm.LN2:.3f} bits).</p>", "<h2>Curves</h2>"]
+    parts += [_img(run / name, caption) for name, caption in IMAGES[:2] if (run / name).is_file()]
+    parts.append("<h2>Samples</h2>")
+    for temperature in LM_TEMPERATURES:
+        text = lm.sample(model, vocab, config.level, length=400, temperature=temperature, seed=0,
+                         lowercase=config.lowercase)
+        parts.append(f"<h3>temperature {temperature:g} (seed 0)</h3><pre>{_e(text)}</pre>")
+    texts = [s["text"] for s in _samples(run / "samples.json")] + sentences
+    drawn = []
+    if texts:
+        parts.append("<h2>Surprisal</h2><p>Each token on a background as dark as it was surprising to the model: "
+                     "-log2 p(token) in bits, given everything before it.</p>")
+        for i, r in enumerate(lm.explain_texts(run, texts)):
+            path = lm.plot_surprisal(r["tokens"], r["first"], r["level"], out / f"surprisal-{i + 1}.png")
+            drawn.append(path)
+            mean = sum(t["bits"] for t in r["tokens"]) / len(r["tokens"])
+            parts.append(_img(path, f"mean {mean:.3f} bits per token over {len(r['tokens'])} tokens"))
+    return [_finish_page(run, out, config, parts), *drawn]
 
 
 def write_data_record(out: Path, splits: dict) -> Path:

@@ -150,7 +150,8 @@ def open_run(config: Config, out: Path, model, keys: dict, *, resume: bool, fres
 
 
 # settings a resumed run may change: its budget and stopping rule (a longer run), and where it computes
-RESUME_MAY_CHANGE = ("epochs", "steps", "minutes", "patience", "device")
+RESUME_MAY_CHANGE = ("epochs", "steps", "minutes", "patience", "device",
+                     "engine")  # the engine only says who runs the same time loop (rnnlab.engine)
 
 
 def _resume(run: Run) -> dict:
@@ -462,7 +463,7 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
 
     model = Classifier(len(vocab), config.hidden, len(label_names), cell=config.cell, phi=config.phi,
                        embed_dim=config.embed_dim, layers=config.layers, backward=config.backward, seed=config.seed,
-                       device=config.device)
+                       device=config.device, engine=config.engine)
     steps_per_epoch = math.ceil(len(train_ds) / config.batch_size)
     run = open_run(config, out_dir, model, {"vocab": vocab, "label_names": label_names}, resume=resume, fresh={},
                    team=team, log=log, progress=progress, total_steps=config.epochs * steps_per_epoch)

@@ -1,0 +1,396 @@
+// The time loop of rnnlab's manual forward and hand BPTT, compiled: the same equations as the cells'
+// forward_t / local_derivatives / backward_t in cells.py, for all three cells, float32 and float64.
+//
+// Per time step, each way: one matrix product (at::mm_out into a preallocated buffer, or oneDNN's
+// linear where the Python side measured it faster) and one fused point-wise pass over the batch rows,
+// vectorised with ATen's at::vec::Vectorized (exp and tanh from SLEEF, as torch's own kernels).
+// The input projection p_t = U x_t + b (all steps at once) and the weight gradients dW, dU, db (one
+// product each over all steps) stay in Python (recurrent.py): they are single large calls already.
+//
+// Layout, row vectors as in cells.py (W is (G*H, H), so W s becomes s @ W^T):
+//   P    (T, B, G*H)  in: U x_t + b.  after forward: the gate activations.  after backward: dp_t
+//   h    (T+1, B, H)  s_0 .. s_T (padded rows keep s_{t-1})
+//   LSTM: c (T+1, B, H) c_0 .. c_T;  tc (T, B, H) tanh(c_t)
+//   GRU:  ghn (T, B, H) W_n s_{t-1} + b_hn; after backward: dgh_n = dn * r
+//   mask (T, B) uint8, or undefined when no sequence is padded.
+// Built by rnnlab/engine.py with torch.utils.cpp_extension.load; called as torch.ops.rnnlab_loop.*.
+// Left out: CUDA, dtypes other than float32/float64, threads over the batch rows (torch's products
+// are threaded; a thread hand-off per point-wise pass did not pay at B = 64).
+
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+// y = x @ w^T into `out` (B, N), x (B, K) contiguous, w (N, K). oneDNN's op returns a new tensor.
+struct Product {
+  Tensor w, w_t;
+  bool onednn;
+  Product(const Tensor& weight, bool use_onednn) : w(weight.contiguous()), w_t(w.t()), onednn(use_onednn) {
+    if (onednn) {  // reorder the weight once into oneDNN's blocked layout, instead of at every step's call
+      static auto reorder = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
+      std::vector<c10::IValue> stack{w, c10::IValue()};
+      reorder.callBoxed(&stack);
+      w = stack[0].toTensor();
+    }
+  }
+  // out = x @ w^T (returns the tensor holding the result: `out`, or oneDNN's new one)
+  Tensor mul(const Tensor& x, Tensor& out) const {
+    if (onednn) {
+      static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+      std::vector<c10::IValue> stack{x, w, c10::IValue(), std::string("none"),
+                                     c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+      op.callBoxed(&stack);
+      return stack[0].toTensor();
+    }
+    at::mm_out(out, x, w_t);
+    return out;
+  }
+  // out += x @ w^T
+  void add(const Tensor& x, Tensor& out) const {
+    if (onednn) {
+      out.add_(mul(x, out));
+      return;
+    }
+    out.addmm_(x, w_t);
+  }
+};
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+inline Vec<T> sigmoid(const Vec<T>& x) {  // sigma(x) = 1 / (1 + e^-x)
+  return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp());
+}
+
+// Apply f(j, n) over a row of H in vector chunks: n lanes (the last chunk may be partial).
+template <typename T, typename F>
+inline void over_row(int64_t H, F f) {
+  constexpr int64_t L = Vec<T>::size();
+  int64_t j = 0;
+  for (; j + L <= H; j += L) f(j, L);
+  if (j < H) f(j, H - j);
+}
+
+template <typename T>
+inline Vec<T> ld(const T* p, int64_t n) {
+  return n == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, n);
+}
+template <typename T>
+inline void st(const Vec<T>& v, T* p, int64_t n) {
+  if (n == Vec<T>::size()) v.store(p); else v.store(p, n);
+}
+
+inline const uint8_t* mask_row(const Tensor& mask, int64_t t, int64_t B) {
+  return mask.defined() ? mask.data_ptr<uint8_t>() + t * B : nullptr;
+}
+
+// -- vanilla RNN ------------------------------------------------------------------------------------------
+// a_t = (U x_t + b) + W s_{t-1};  s_t = phi(a_t)
+template <typename T>
+void rnn_forward_impl(Tensor& P, Tensor& h, const Product& Wp, const Tensor& mask, bool relu) {
+  const int64_t T_ = P.size(0), B = P.size(1), H = P.size(2);
+  Tensor gh = at::empty({B, H}, P.options());
+  for (int64_t t = 0; t < T_; ++t) {
+    Tensor hp = h[t];
+    Tensor g = Wp.mul(hp, gh);  // W s_{t-1}
+    const T* gp = g.data_ptr<T>();
+    const T* pp = P.data_ptr<T>() + t * B * H;
+    const T* sp = hp.data_ptr<T>();
+    T* sn = h.data_ptr<T>() + (t + 1) * B * H;
+    const uint8_t* m = mask_row(mask, t, B);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t o = b * H;
+      if (m && !m[b]) {  // padded row keeps s_{t-1}
+        std::copy(sp + o, sp + o + H, sn + o);
+        continue;
+      }
+      over_row<T>(H, [&](int64_t j, int64_t n) {
+        Vec<T> a = ld(pp + o + j, n) + ld(gp + o + j, n);
+        st(relu ? at::vec::maximum(a, Vec<T>(T(0))) : a.tanh(), sn + o + j, n);  // s_t = phi(a_t)
+      });
+    }
+  }
+}
+
+// da_t = ds_t phi'(a_t) (tanh' = 1 - s_t^2, relu' = [s_t > 0]);  ds_{t-1} = W^T da_t (+ ds_t on padded rows)
+template <typename T>
+Tensor rnn_backward_impl(Tensor& dP, const Tensor& h, const Product& WTp, Tensor dh, const Tensor& d_out,
+                         const Tensor& mask, bool relu) {
+  const int64_t T_ = dP.size(0), B = dP.size(1), H = dP.size(2);
+  Tensor dh_prev = at::empty({B, H}, dh.options());
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    T* dhp = dh.data_ptr<T>();
+    T* dprev = dh_prev.data_ptr<T>();
+    const T* sp = h.data_ptr<T>() + (t + 1) * B * H;
+    const T* dop = d_out.defined() ? d_out.data_ptr<T>() + t * B * H : nullptr;
+    T* da = dP.data_ptr<T>() + t * B * H;
+    const uint8_t* m = mask_row(mask, t, B);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t o = b * H;
+      if (m && !m[b]) {  // s_t = s_{t-1}: the gradient passes straight through
+        std::fill(da + o, da + o + H, T(0));
+        std::copy(dhp + o, dhp + o + H, dprev + o);
+        continue;
+      }
+      over_row<T>(H, [&](int64_t j, int64_t n) {
+        Vec<T> d = ld(dhp + o + j, n);
+        if (dop) d = d + ld(dop + o + j, n);  // s_t also feeds the output at step t
+        Vec<T> s = ld(sp + o + j, n);
+        Vec<T> f = relu ? (Vec<T>(T(0)) < s) & Vec<T>(T(1)) : Vec<T>(T(1)) - s * s;
+        st(d * f, da + o + j, n);  // da_t = ds_t phi'(a_t)
+        if (m) st(Vec<T>(T(0)), dprev + o + j, n);
+      });
+    }
+    Tensor da_t = dP[t];
+    if (m) WTp.add(da_t, dh_prev); else dh_prev = WTp.mul(da_t, dh_prev);  // ds_{t-1} = W^T da_t
+    std::swap(dh, dh_prev);
+  }
+  return dh;
+}
+
+// -- LSTM -----------------------------------------------------------------------------------------------
+// z = (U x_t + b) + W h_{t-1};  i, f, o = sigma(z_i, z_f, z_o), g = tanh(z_g)
+// c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)
+template <typename T>
+void lstm_forward_impl(Tensor& P, Tensor& h, Tensor& c, Tensor& tc, const Product& Wp, const Tensor& mask) {
+  const int64_t T_ = P.size(0), B = P.size(1), G = P.size(2), H = G / 4;
+  Tensor gh = at::empty({B, G}, P.options());
+  for (int64_t t = 0; t < T_; ++t) {
+    Tensor hp = h[t];
+    Tensor g_ = Wp.mul(hp, gh);  // W h_{t-1}, all four blocks
+    const T* gp = g_.data_ptr<T>();
+    T* pp = P.data_ptr<T>() + t * B * G;
+    const T* h0 = hp.data_ptr<T>();
+    const T* c0 = c.data_ptr<T>() + t * B * H;
+    T* h1 = h.data_ptr<T>() + (t + 1) * B * H;
+    T* c1 = c.data_ptr<T>() + (t + 1) * B * H;
+    T* tcp = tc.data_ptr<T>() + t * B * H;
+    const uint8_t* m = mask_row(mask, t, B);
+    for (int64_t b = 0; b < B; ++b) {
+      T* z = pp + b * G;
+      const T* w = gp + b * G;
+      const int64_t o = b * H;
+      over_row<T>(H, [&](int64_t j, int64_t n) {
+        Vec<T> i = sigmoid(ld(z + j, n) + ld(w + j, n));                   // input gate
+        Vec<T> f = sigmoid(ld(z + H + j, n) + ld(w + H + j, n));           // forget gate
+        Vec<T> g = (ld(z + 2 * H + j, n) + ld(w + 2 * H + j, n)).tanh();  // candidate
+        Vec<T> og = sigmoid(ld(z + 3 * H + j, n) + ld(w + 3 * H + j, n));  // output gate
+        Vec<T> cn = f * ld(c0 + o + j, n) + i * g;                         // c_t = f c_{t-1} + i g
+        Vec<T> tcn = cn.tanh();
+        st(i, z + j, n); st(f, z + H + j, n); st(g, z + 2 * H + j, n); st(og, z + 3 * H + j, n);
+        st(tcn, tcp + o + j, n);
+        if (m && !m[b]) {  // padded row keeps (h, c)_{t-1}
+          st(ld(c0 + o + j, n), c1 + o + j, n);
+          st(ld(h0 + o + j, n), h1 + o + j, n);
+        } else {
+          st(cn, c1 + o + j, n);
+          st(og * tcn, h1 + o + j, n);  // h_t = o tanh(c_t)
+        }
+      });
+    }
+  }
+}
+
+// dc   = dc_t + dh_t o (1 - tanh(c_t)^2)
+// dz_i = dc g i (1 - i)   dz_f = dc c_{t-1} f (1 - f)   dz_g = dc i (1 - g^2)   dz_o = dh_t tanh(c_t) o (1 - o)
+// dc_{t-1} = dc f         dh_{t-1} = W^T dz
+template <typename T>
+std::vector<Tensor> lstm_backward_impl(Tensor& dP, const Tensor& c, const Tensor& tc, const Product& WTp,
+                                       Tensor dh, Tensor dc, const Tensor& d_out, const Tensor& mask) {
+  const int64_t T_ = dP.size(0), B = dP.size(1), G = dP.size(2), H = G / 4;
+  Tensor dh_prev = at::empty({B, H}, dh.options());
+  const T one(1);
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    T* dhp = dh.data_ptr<T>();
+    T* dcp = dc.data_ptr<T>();
+    T* dprev = dh_prev.data_ptr<T>();
+    T* zp = dP.data_ptr<T>() + t * B * G;
+    const T* c0 = c.data_ptr<T>() + t * B * H;
+    const T* tcp = tc.data_ptr<T>() + t * B * H;
+    const T* dop = d_out.defined() ? d_out.data_ptr<T>() + t * B * H : nullptr;
+    const uint8_t* m = mask_row(mask, t, B);
+    for (int64_t b = 0; b < B; ++b) {
+      T* z = zp + b * G;
+      const int64_t o = b * H;
+      if (m && !m[b]) {  // (h, c)_t = (h, c)_{t-1}: both gradients pass straight through
+        std::fill(z, z + G, T(0));
+        std::copy(dhp + o, dhp + o + H, dprev + o);
+        continue;
+      }
+      over_row<T>(H, [&](int64_t j, int64_t n) {
+        Vec<T> d = ld(dhp + o + j, n);
+        if (dop) d = d + ld(dop + o + j, n);  // h_t also feeds the output at step t
+        Vec<T> i = ld(z + j, n), f = ld(z + H + j, n), g = ld(z + 2 * H + j, n), og = ld(z + 3 * H + j, n);
+        Vec<T> tcn = ld(tcp + o + j, n);
+        Vec<T> dcn = ld(dcp + o + j, n) + d * (og * (Vec<T>(one) - tcn * tcn));  // dc
+        st(dcn * (g * (i * (Vec<T>(one) - i))), z + j, n);                           // dz_i
+        st(dcn * (ld(c0 + o + j, n) * (f * (Vec<T>(one) - f))), z + H + j, n);       // dz_f
+        st(dcn * (i * (Vec<T>(one) - g * g)), z + 2 * H + j, n);                     // dz_g
+        st(d * (tcn * (og * (Vec<T>(one) - og))), z + 3 * H + j, n);                 // dz_o
+        st(dcn * f, dcp + o + j, n);                                                 // dc_{t-1}
+        if (m) st(Vec<T>(T(0)), dprev + o + j, n);
+      });
+    }
+    Tensor dz = dP[t];
+    if (m) WTp.add(dz, dh_prev); else dh_prev = WTp.mul(dz, dh_prev);  // dh_{t-1} = W^T dz
+    std::swap(dh, dh_prev);
+  }
+  return {dh, dc};
+}
+
+// -- GRU ------------------------------------------------------------------------------------------------
+// gh = W h_{t-1};  r, z = sigma(p_rz + gh_rz);  n = tanh(p_n + r (gh_n + b_hn));  h_t = (1 - z) n + z h_{t-1}
+template <typename T>
+void gru_forward_impl(Tensor& P, Tensor& h, Tensor& ghn, const Product& Wp, const Tensor& b_hn, const Tensor& mask) {
+  const int64_t T_ = P.size(0), B = P.size(1), G = P.size(2), H = G / 3;
+  Tensor gh = at::empty({B, G}, P.options());
+  const T* bp = b_hn.defined() ? b_hn.data_ptr<T>() : nullptr;
+  for (int64_t t = 0; t < T_; ++t) {
+    Tensor hp = h[t];
+    Tensor g_ = Wp.mul(hp, gh);
+    const T* gp = g_.data_ptr<T>();
+    T* pp = P.data_ptr<T>() + t * B * G;
+    const T* h0 = hp.data_ptr<T>();
+    T* h1 = h.data_ptr<T>() + (t + 1) * B * H;
+    T* gn = ghn.data_ptr<T>() + t * B * H;
+    const uint8_t* m = mask_row(mask, t, B);
+    for (int64_t b = 0; b < B; ++b) {
+      T* p = pp + b * G;
+      const T* w = gp + b * G;
+      const int64_t o = b * H;
+      over_row<T>(H, [&](int64_t j, int64_t n) {
+        Vec<T> r = sigmoid(ld(p + j, n) + ld(w + j, n));          // reset gate
+        Vec<T> z = sigmoid(ld(p + H + j, n) + ld(w + H + j, n));  // update gate
+        Vec<T> ghn_ = ld(w + 2 * H + j, n);
+        if (bp) ghn_ = ghn_ + ld(bp + j, n);                       // W_n h_{t-1} + b_hn
+        Vec<T> nn = (ld(p + 2 * H + j, n) + r * ghn_).tanh();     // candidate
+        Vec<T> hprev = ld(h0 + o + j, n);
+        st(r, p + j, n); st(z, p + H + j, n); st(nn, p + 2 * H + j, n); st(ghn_, gn + o + j, n);
+        st(m && !m[b] ? hprev : nn + z * (hprev - nn), h1 + o + j, n);  // h_t = n + z (h_{t-1} - n)
+      });
+    }
+  }
+}
+
+// dn = dh (1 - z)(1 - n^2)   dr = dn gh_n r (1 - r)   dz = dh (h_{t-1} - n) z (1 - z)
+// dp = [dr, dz, dn]          dgh = [dr, dz, dn r]      dh_{t-1} = dh z + W^T dgh
+template <typename T>
+Tensor gru_backward_impl(Tensor& dP, const Tensor& h, Tensor& ghn, const Product& WTp, Tensor dh,
+                         const Tensor& d_out, const Tensor& mask) {
+  const int64_t T_ = dP.size(0), B = dP.size(1), G = dP.size(2), H = G / 3;
+  Tensor dh_prev = at::empty({B, H}, dh.options());
+  Tensor dgh = at::empty({B, G}, dh.options());
+  const T one(1);
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    T* dhp = dh.data_ptr<T>();
+    T* dprev = dh_prev.data_ptr<T>();
+    T* pp = dP.data_ptr<T>() + t * B * G;
+    T* gn = ghn.data_ptr<T>() + t * B * H;  // gh_n in, dgh_n out
+    T* dg = dgh.data_ptr<T>();
+    const T* h0 = h.data_ptr<T>() + t * B * H;
+    const T* dop = d_out.defined() ? d_out.data_ptr<T>() + t * B * H : nullptr;
+    const uint8_t* m = mask_row(mask, t, B);
+    for (int64_t b = 0; b < B; ++b) {
+      T* p = pp + b * G;
+      T* q = dg + b * G;
+      const int64_t o = b * H;
+      if (m && !m[b]) {  // h_t = h_{t-1}: the gradient passes straight through
+        std::fill(p, p + G, T(0));
+        std::fill(q, q + G, T(0));
+        std::fill(gn + o, gn + o + H, T(0));
+        std::copy(dhp + o, dhp + o + H, dprev + o);
+        continue;
+      }
+      over_row<T>(H, [&](int64_t j, int64_t n) {
+        Vec<T> d = ld(dhp + o + j, n);
+        if (dop) d = d + ld(dop + o + j, n);  // h_t also feeds the output at step t
+        Vec<T> r = ld(p + j, n), z = ld(p + H + j, n), nn = ld(p + 2 * H + j, n);
+        Vec<T> dn = d * ((Vec<T>(one) - z) * (Vec<T>(one) - nn * nn));
+        Vec<T> dr = dn * (ld(gn + o + j, n) * (r * (Vec<T>(one) - r)));
+        Vec<T> dz = d * ((ld(h0 + o + j, n) - nn) * (z * (Vec<T>(one) - z)));
+        Vec<T> dgn = dn * r;
+        st(dr, p + j, n); st(dz, p + H + j, n); st(dn, p + 2 * H + j, n);  // dp
+        st(dr, q + j, n); st(dz, q + H + j, n); st(dgn, q + 2 * H + j, n);  // dgh
+        st(dgn, gn + o + j, n);
+        st(d * z, dprev + o + j, n);  // the direct path dh z
+      });
+    }
+    WTp.add(dgh, dh_prev);  // dh_{t-1} = dh z + W^T dgh
+    std::swap(dh, dh_prev);
+  }
+  return dh;
+}
+
+// -- entry points (checked by engine.py; tensors arrive contiguous, of one dtype, on the CPU) -------------
+Tensor opt(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
+void rnn_forward(Tensor P, Tensor h, Tensor W, std::optional<Tensor> mask, bool relu, bool onednn) {
+  Product Wp(W, onednn);
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "rnn_forward", [&] { rnn_forward_impl<scalar_t>(P, h, Wp, opt(mask), relu); });
+}
+
+Tensor rnn_backward(Tensor dP, Tensor h, Tensor W, Tensor dh, std::optional<Tensor> d_out,
+                    std::optional<Tensor> mask, bool relu, bool onednn) {
+  Product WTp(W.t().contiguous(), onednn);
+  Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "rnn_backward", [&] {
+    out = rnn_backward_impl<scalar_t>(dP, h, WTp, dh, opt(d_out), opt(mask), relu);
+  });
+  return out;
+}
+
+void lstm_forward(Tensor P, Tensor h, Tensor c, Tensor tc, Tensor W, std::optional<Tensor> mask, bool onednn) {
+  Product Wp(W, onednn);
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "lstm_forward", [&] { lstm_forward_impl<scalar_t>(P, h, c, tc, Wp, opt(mask)); });
+}
+
+std::vector<Tensor> lstm_backward(Tensor dP, Tensor c, Tensor tc, Tensor W, Tensor dh, Tensor dc,
+                                  std::optional<Tensor> d_out, std::optional<Tensor> mask, bool onednn) {
+  Product WTp(W.t().contiguous(), onednn);
+  std::vector<Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "lstm_backward", [&] {
+    out = lstm_backward_impl<scalar_t>(dP, c, tc, WTp, dh, dc, opt(d_out), opt(mask));
+  });
+  return out;
+}
+
+void gru_forward(Tensor P, Tensor h, Tensor ghn, Tensor W, std::optional<Tensor> b_hn, std::optional<Tensor> mask,
+                 bool onednn) {
+  Product Wp(W, onednn);
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "gru_forward", [&] { gru_forward_impl<scalar_t>(P, h, ghn, Wp, opt(b_hn), opt(mask)); });
+}
+
+Tensor gru_backward(Tensor dP, Tensor h, Tensor ghn, Tensor W, Tensor dh, std::optional<Tensor> d_out,
+                    std::optional<Tensor> mask, bool onednn) {
+  Product WTp(W.t().contiguous(), onednn);
+  Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "gru_backward", [&] {
+    out = gru_backward_impl<scalar_t>(dP, h, ghn, WTp, dh, opt(d_out), opt(mask));
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnlab_loop, m) {
+  m.def("rnn_forward(Tensor(a!) P, Tensor(b!) h, Tensor W, Tensor? mask, bool relu, bool onednn) -> ()", &rnn_forward);
+  m.def("rnn_backward(Tensor(a!) dP, Tensor h, Tensor W, Tensor(b!) dh, Tensor? d_out, Tensor? mask, bool relu, "
+        "bool onednn) -> Tensor", &rnn_backward);
+  m.def("lstm_forward(Tensor(a!) P, Tensor(b!) h, Tensor(c!) c, Tensor(d!) tc, Tensor W, Tensor? mask, bool onednn) -> ()",
+        &lstm_forward);
+  m.def("lstm_backward(Tensor(a!) dP, Tensor c, Tensor tc, Tensor W, Tensor(b!) dh, Tensor(c!) dc, Tensor? d_out, "
+        "Tensor? mask, bool onednn) -> Tensor[]", &lstm_backward);
+  m.def("gru_forward(Tensor(a!) P, Tensor(b!) h, Tensor(c!) ghn, Tensor W, Tensor? b_hn, Tensor? mask, bool onednn) -> ()",
+        &gru_forward);
+  m.def("gru_backward(Tensor(a!) dP, Tensor h, Tensor(b!) ghn, Tensor W, Tensor(c!) dh, Tensor? d_out, Tensor? mask, "
+        "bool onednn) -> Tensor", &gru_backward);
+}

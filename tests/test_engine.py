@@ -1,0 +1,185 @@
+"""The compiled time loop (engine="compiled") against the Python hand BPTT it was written from.
+
+Tolerance: float64, 1e-12 relative to each tensor's scale (max|compiled - python| <= 1e-12 max|python|),
+on outputs, final states and every gradient (W, U, b, b_hn, the initial states, dx); the two differ
+only in rounding (SLEEF's exp/tanh, the order of a few products). float32: 1e-5 of the scale.
+Random shapes (seeded loops), padded batches, token ids and vectors, bias off, relu, stacked layers.
+The comparisons with torch.nn and torch.autograd.gradcheck run on both engines in tests/test_cells.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from rnnlab import engine as engines
+from rnnlab.cells import make_cell
+from rnnlab.config import Config
+from rnnlab.errors import UserError
+from rnnlab.recurrent import retain_buffers, unroll, unroll_layers
+from tests.conftest import require_compiled
+
+
+@pytest.fixture
+def compiled():
+    require_compiled()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-300)
+
+
+def run(kind, engine, *, T, B, E, H, ids, padded, bias, phi, seed, dtype=torch.float64, layers=1):
+    """Outputs, final states and every gradient of one random loss, with the given engine."""
+    g = torch.Generator().manual_seed(seed)
+    cells = [make_cell(kind, E if l == 0 else H, H, phi=phi, bias=bias, generator=g, dtype=dtype)
+             for l in range(layers)]
+    if ids:
+        x = torch.randint(0, E, (B, T), generator=g)
+    else:
+        x = torch.randn(B, T, E, generator=g, dtype=dtype).requires_grad_()
+    lengths = torch.randint(1, T + 1, (B,), generator=g) if padded else None
+    states = [tuple(torch.randn(B, H, generator=g, dtype=dtype).requires_grad_() for _ in range(c.n_states))
+              for c in cells]
+    out, finals = unroll_layers(cells, x, states, lengths, backward="manual", engine=engine)
+    r_out = torch.randn(out.shape, generator=g, dtype=dtype)
+    loss = (out * r_out).sum()
+    for final in finals:
+        loss = loss + sum((s * torch.randn(s.shape, generator=g, dtype=dtype)).sum() for s in final)
+    loss.backward()
+    got = {"out": out.detach()}
+    for l, (cell, final, state) in enumerate(zip(cells, finals, states)):
+        got.update({f"final{l}.{k}": s.detach() for k, s in enumerate(final)})
+        got.update({f"d{n}{l}": p.grad for n, p in zip(cell.param_names, cell.parameters()) if p is not None})
+        got.update({f"ds0{l}.{k}": s.grad for k, s in enumerate(state)})
+    if not ids:
+        got["dx"] = x.grad
+    return got
+
+
+def check_same(kind, tol=1e-12, **kw):
+    ref, got = run(kind, "python", **kw), run(kind, "compiled", **kw)
+    assert set(ref) == set(got)
+    for name in ref:
+        assert ref[name] is not None and got[name] is not None, name
+        err = rel_err(got[name], ref[name])
+        assert err <= tol, f"{kind} {kw}: {name} differs by {err:.3g} (relative to its scale) > {tol:g}"
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_compiled_equals_python_float64_random_shapes(compiled, kind):
+    g = torch.Generator().manual_seed({"rnn": 1, "lstm": 2, "gru": 3}[kind])
+    for case in range(24):
+        T, B, E, H = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 9), (1, 7), (1, 6), (1, 40)))
+        phi = "relu" if kind == "rnn" and case % 3 == 2 else "tanh"
+        check_same(kind, T=T, B=B, E=E, H=H, ids=case % 2 == 1, padded=case % 4 < 2, bias=case % 5 != 4, phi=phi,
+                   seed=case)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_compiled_equals_python_stacked_layers(compiled, kind):
+    for seed, (layers, ids, padded) in enumerate([(2, True, True), (3, False, False), (2, False, True)]):
+        check_same(kind, T=6, B=4, E=5, H=7, ids=ids, padded=padded, bias=seed != 1, phi="tanh", seed=seed,
+                   layers=layers)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_compiled_equals_python_float32_at_vector_widths(compiled, kind):
+    """H = 16, 33 and 64 cover whole vectors and a partial last vector (AVX2: 8 floats, AVX512: 16)."""
+    for seed, H in enumerate((16, 33, 64)):
+        check_same(kind, tol=1e-5, T=9, B=5, E=6, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=seed,
+                   dtype=torch.float32)
+
+
+def test_backward_twice_with_retain_buffers(compiled):
+    """The compiled backward writes dp over its saved gates, like the Python one: retain_buffers keeps them."""
+    cell = make_cell("gru", 3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+    with retain_buffers():
+        out, _ = unroll(cell, x, backward="manual", engine="compiled")
+    out.sum().backward(retain_graph=True)
+    first = [p.grad.clone() for p in cell.parameters()]
+    out.sum().backward()
+    for g1, p in zip(first, cell.parameters()):
+        torch.testing.assert_close(p.grad, 2 * g1, rtol=1e-14, atol=0)
+    out, _ = unroll(cell, x, backward="manual", engine="compiled")
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_buffers"):
+        out.sum().backward()
+
+
+def test_auto_falls_back_to_python_with_one_notice(monkeypatch, capsys):
+    monkeypatch.setattr(engines, "_state", {"error": "g++ not found"})
+    w = torch.zeros(1)
+    assert engines.resolve("auto", w) == "python"
+    assert engines.resolve(None, w) == "python"  # RNNLAB_ENGINE unset or auto in this test run
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "g++ not found" in err and "Python time loop" in err
+    with pytest.raises(RuntimeError, match="g.. not found"):
+        engines.resolve("compiled", w)
+    assert engines.resolve("python", w) == "python"
+
+
+def test_cuda_and_other_dtypes_take_the_python_loop(compiled):
+    assert engines.resolve("auto", torch.zeros(1, device="meta")) == "python"  # not a CPU tensor
+    assert engines.resolve("compiled", torch.zeros(1, device="meta")) == "python"
+    assert engines.resolve("auto", torch.zeros(1, dtype=torch.bfloat16)) == "python"
+    with pytest.raises(ValueError, match="float32 and float64"):
+        engines.resolve("compiled", torch.zeros(1, dtype=torch.bfloat16))
+    assert engines.resolve("auto", torch.zeros(1)) == "compiled"
+
+
+def test_engine_setting_is_checked(monkeypatch):
+    with pytest.raises(ValueError, match="engine must be one of"):
+        engines.resolve("fast", torch.zeros(1))
+    monkeypatch.setenv("RNNLAB_ENGINE", "fast")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        engines.resolve(None, torch.zeros(1))
+    with pytest.raises(UserError, match="--engine fast"):
+        Config(engine="fast").validate()
+    assert Config().to_dict()["engine"] == "auto"  # written into each run's config.json
+
+
+def test_train_takes_engine_from_flag_or_environment(monkeypatch):
+    from rnnlab.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--data", "x.tsv", "--engine", "python"])
+    assert args.engine == "python"
+    assert build_parser().parse_args(["train", "--data", "x.tsv"]).engine is None  # then RNNLAB_ENGINE, else auto
+
+
+def test_compiled_loop_built_under_ci():
+    """CI must build the compiled loop (make test does, on first use): a silent fallback would leave it untested."""
+    if os.environ.get("CI") != "true":
+        pytest.skip("checked only under CI=true; elsewhere engine='auto' may fall back to Python")
+    assert engines.available(), f"the compiled time loop did not build: {engines._state.get('error')}"
+
+
+def test_a_run_records_its_engine_and_resumes_on_another(compiled, tmp_path):
+    """config.json says which engine was asked for; resuming on the other one is allowed (same maths)."""
+    import json
+
+    from rnnlab.train import train
+    from tests.test_train import quiet, sentiment_tsv, tiny
+
+    data, out = sentiment_tsv(tmp_path), tmp_path / "run"
+    train(tiny(epochs=1, engine="python"), data, out, log=quiet, plots=False)
+    assert json.loads((out / "config.json").read_text())["engine"] == "python"
+    resumed = train(tiny(epochs=1, engine="compiled"), data, out, resume=True, log=quiet, plots=False)
+    assert len(resumed.history) == 1  # nothing left to train, but not refused
+    with pytest.raises(UserError, match="different settings"):  # a real change still is
+        train(tiny(epochs=1, engine="compiled", hidden=9), data, out, resume=True, log=quiet, plots=False)
+
+
+@pytest.mark.parametrize("kind,H", [("rnn", 256), ("lstm", 128), ("gru", 160)])
+def test_compiled_equals_python_float32_through_onednn(compiled, kind, H):
+    """Sizes where each step's product goes to oneDNN (rnnlab.gemm's rule: B H G H >= 2^22 multiply-adds),
+    with the weight reordered once for it."""
+    from rnnlab.gemm import _onednn_works
+    from rnnlab.recurrent import _onednn
+
+    assert _onednn(make_cell(kind, 8, H), 64) == _onednn_works()  # the size does reach oneDNN where it works
+    check_same(kind, tol=1e-5, T=3, B=64, E=8, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=5,
+               dtype=torch.float32)
