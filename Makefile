@@ -20,7 +20,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e '.[dev]'
-	$(BIN)/python -c "import sys, rnnlab.engine as e; sys.exit(e.main())"  # compile the manual BPTT's time loop once (~15 s; cached), or say why not
+	$(BIN)/python -c "import sys, rnnlab.engine as e; sys.exit(e.main())"  # compile the manual BPTT's time loop once (cached), or say why not
 	touch $@
 
 lab: $(VENV)/.installed

@@ -307,9 +307,9 @@ step on the same weights (median of {tp['repeats']} interleaved repeats of {tp['
 {tp['rnnlab_tokens_per_s']:,.0f} tokens/s, torch.nn {tp['torch_tokens_per_s']:,.0f} tokens/s, ratio
 **{tp['ratio']:.2f}** (`python benchmarks/bench_train.py --lm` times the same step as its own row,
 `lm-lstm2`, beside the classifier's). The machine was shared with other jobs during this run (load average
-{ours['load_before']:.1f} before rnnlab's training, {theirs['load_after']:.1f} after torch.nn's), so
-both rates are far below the ~40,000 tokens/s torch.nn reaches here on a quiet machine, and the two
-trainings, one after the other, may have met different loads. The issue's target (<= 1.42 nats/char
+{ours['load_before']:.1f} before rnnlab's training, {theirs['load_after']:.1f} after torch.nn's on 2 cores), so
+both rates are below what a quiet machine gives, and the two trainings, one after the other, may have met
+different loads. The issue's target (<= 1.42 nats/char
 within 15 minutes) needs the 15-minute run on a quiet machine:
 `python benchmarks/bench_lm.py --minutes 15 --json benchmarks/results/bench_lm.json`, then
 `python benchmarks/bench_lm.py --readme benchmarks/results/bench_lm.json` prints this section anew.

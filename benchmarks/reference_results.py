@@ -1,7 +1,8 @@
 """Reference accuracies on the real data sets, with a bag-of-words baseline, from one command.
 
-    python benchmarks/reference_results.py            (both data sets; about 4 minutes on 2 cores)
+    python benchmarks/reference_results.py            (both data sets; the time it took is stored, see below)
     python benchmarks/reference_results.py --only uci
+    python benchmarks/reference_results.py --readme-only   (the README's table from the stored JSON, no runs)
 
 - rt-polarity (Pang & Lee 2005, 10,662 sentences, 80/10/10 stratified split, seed 0): GRU and LSTM
   trained from scratch (random embeddings), best epoch by validation loss, test accuracy.
@@ -10,40 +11,64 @@
 - The bag-of-words baseline on both: logistic regression on word counts (the same tokeniser and
   vocabulary), trained with rnnlab's Adam and L2 weight decay, best epoch by validation accuracy.
 
-Each row is a full `rnnlab.train.train` run written under --out; the table goes to stdout and to
-`reference_results.json` in --out.
+Each recurrent row is one `rnnlab train ...` command line, run through rnnlab's own CLI (so the stored
+command is exactly what made the row) into --out/<data>-<cell>, its log in train.log there. The rows, their
+command lines, the seconds each took and the total go to --json (docs/figures/reference_results.json), and
+the README's table between its `reference-results` markers is rewritten from that file (`readme_section`;
+tests/test_docs.py checks the two agree, and that each command gives the stored config).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import re
+import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from rnnlab import cli
 from rnnlab.config import Config
 from rnnlab.data import Vocab, encode_dataset, load_dataset, split_dataset, tokenize
 from rnnlab.optim import Adam
-from rnnlab.train import train
+from rnnlab.train import _progress
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DATASETS = {"rt": SHARED / "rt-polarity", "uci": SHARED / "uci-sentiment"}
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = {"rt": "../shared/data/rt-polarity", "uci": "../shared/data/uci-sentiment"}  # from the repository root
+TITLES = {"rt": "rt-polarity (10,662)", "uci": "UCI sentences (3,000)"}
+JSON = REPO / "docs" / "figures" / "reference_results.json"
+README = REPO / "README.md"
+MARKERS = ("<!-- reference-results: start (python benchmarks/reference_results.py writes this) -->",
+           "<!-- reference-results: end -->")
 
 # rt-polarity: of the 12 settings tried (H 64-256, D 64-300, lr 5e-4-2e-3, weight decay 0-1e-4,
 # min_freq 1-2, dropout 0-0.6, batch 32-64; seed 0), each cell's row is the one with the best
 # validation accuracy. Without dropout every setting overfitted by epoch 3 and stayed near 0.72.
+# Each row: the flags of `rnnlab train` beyond --data and --out, as the user types them.
 RUNS = {
-    "rt": {"gru": dict(cell="gru", hidden=256, embed_dim=300, lr=1e-3, dropout=0.5, weight_decay=1e-5, min_freq=2,
-                       epochs=15, patience=3),
-           "lstm": dict(cell="lstm", hidden=256, embed_dim=300, lr=1e-3, dropout=0.5, weight_decay=1e-5, epochs=15,
-                        patience=3)},
-    "uci": {"rnn": dict(cell="rnn", hidden=64, embed_dim=64, lr=1e-3, epochs=12, patience=3),
-            "lstm": dict(cell="lstm", hidden=64, embed_dim=64, lr=2e-3, epochs=12, patience=3),
-            "gru": dict(cell="gru", hidden=64, embed_dim=64, lr=2e-3, epochs=12, patience=3)},
+    "rt": {"gru": "--cell gru --hidden 256 --embed-dim 300 --lr 1e-3 --dropout 0.5 --weight-decay 1e-5 --min-freq 2 "
+                  "--epochs 15 --patience 3 --seed 0",
+           "lstm": "--cell lstm --hidden 256 --embed-dim 300 --lr 1e-3 --dropout 0.5 --weight-decay 1e-5 "
+                   "--epochs 15 --patience 3 --seed 0"},
+    "uci": {"rnn": "--cell rnn --hidden 64 --embed-dim 64 --lr 1e-3 --epochs 12 --patience 3 --seed 0",
+            "lstm": "--cell lstm --hidden 64 --embed-dim 64 --lr 2e-3 --epochs 12 --patience 3 --seed 0",
+            "gru": "--cell gru --hidden 64 --embed-dim 64 --lr 2e-3 --epochs 12 --patience 3 --seed 0"},
 }
+# torch threads for every row: one, so the numbers do not depend on the machine's core count, and a machine
+# shared with other jobs does not slow the run several-fold (two OpenMP threads wait on each other there)
+THREADS = 1
+
+
+def train_command(data: str, cell: str, out: str) -> str:
+    """The full `rnnlab train` command line of one row, runnable from the repository root."""
+    return f"rnnlab train --data {DATASETS[data]} {RUNS[data][cell]} --out {out}/{data}-{cell}"
 
 
 def bag_of_words(data: Path, seed: int = 0, epochs: int = 30) -> dict:
@@ -79,35 +104,135 @@ def bag_of_words(data: Path, seed: int = 0, epochs: int = 30) -> dict:
     return {"model": "bag-of-words logistic regression", "val_acc": best[0], "test_acc": best[1]}
 
 
-def main(argv=None) -> list[dict]:
+def run_row(data: str, cell: str, out: str) -> dict:
+    """Run one row's command through rnnlab's CLI; read its accuracies back from the run folder."""
+    command = train_command(data, cell, out)
+    run = Path(out) / f"{data}-{cell}"
+    if (run / "config.json").is_file():  # this script's own earlier run of the row: replaced
+        shutil.rmtree(run)
+    argv = command.split()[1:]
+    argv[argv.index("--data") + 1] = str(REPO / DATASETS[data])  # the same folder, from any working directory
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(log):
+        code = cli.main(argv)
+    seconds = time.perf_counter() - t0
+    if code != 0:
+        sys.exit(f"reference_results: `{command}` exited {code}:\n{log.getvalue()}")
+    (run / "train.log").write_text(log.getvalue())
+    config = json.loads((run / "config.json").read_text())
+    history = list(csv_rows(run / "history.csv"))
+    best_val = min(history, key=lambda r: float(r["val_loss"]))
+    test = json.loads((run / "metrics.json").read_text())
+    return {"data": data, "model": model_name(config), "val_acc": float(best_val["val_acc"]),
+            "test_acc": test["accuracy"], "epochs": len(history), "best_epoch": int(best_val["epoch"]),
+            "command": command, "config": config, "seconds": round(seconds, 1)}
+
+
+def csv_rows(path: Path):
+    import csv
+
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def model_name(config: dict) -> str:
+    """'GRU, H 256, D 300, dropout 0.5, weight decay 1e-5, min_freq 2': the cell and what differs from the defaults."""
+    d = Config()
+    name = {"rnn": "vanilla RNN", "lstm": "LSTM", "gru": "GRU"}[config["cell"]]
+    parts = [name, f"H {config['hidden']}", f"D {config['embed_dim']}"]
+    for key, label in (("dropout", "dropout"), ("weight_decay", "weight decay"), ("min_freq", "min_freq")):
+        if config[key] != getattr(d, key):
+            parts.append(f"{label} {config[key]:g}".replace("e-0", "e-"))  # 1e-5 as typed, not 1e-05
+    return ", ".join(parts)
+
+
+def readme_section(results: dict) -> str:
+    """The README's reference table, its commands and its run time, from the stored results."""
+    rows = results["rows"]
+    lines = [MARKERS[0],
+             "Reference accuracies (`python benchmarks/reference_results.py`, stored in "
+             "[docs/figures/reference_results.json](docs/figures/reference_results.json); seed 0, stratified "
+             "80/10/10 split, best epoch by validation loss; the bag-of-words row is a logistic regression on word "
+             "counts with the same tokeniser, trained with rnnlab's Adam):", "",
+             "| data | model | val acc | test acc | epochs (best) | command |", "|---|---|---|---|---|---|"]
+    best_test = {d: max(r["test_acc"] for r in rows if r["data"] == d) for d in {r["data"] for r in rows}}
+    shown = set()
+    for i, r in enumerate(rows, 1):
+        title = TITLES[r["data"]] if r["data"] not in shown else TITLES[r["data"]].split(" (")[0]
+        shown.add(r["data"])
+        test = f"**{r['test_acc']:.4f}**" if r["test_acc"] == best_test[r["data"]] else f"{r['test_acc']:.4f}"
+        epochs = f"{r['epochs']} ({r['best_epoch']})" if "epochs" in r else ""
+        command = f"row {i}" if "command" in r else "in the script"
+        model = model_name(r["config"]) if "config" in r else r["model"]
+        lines.append(f"| {title} | {model} | {r['val_acc']:.4f} | {test} | {epochs} | {command} |")
+    minutes, seconds = divmod(round(results["seconds"]), 60)
+    lines += ["", "The command behind each row, run from the repository root (the bag-of-words rows are computed "
+              "inside the script):", "", "```"]
+    lines += [f"{r['command']}   # row {i}" for i, r in enumerate(rows, 1) if "command" in r]
+    lines += ["```", "",
+              f"The whole script took {minutes} min {seconds:02d} s on {results['machine']} "
+              f"({results['threads']} torch thread{'s' if results['threads'] > 1 else ''}; the machine's load "
+              f"average was {results['load_average'][0]:g} at the start and {results['load_average'][1]:g} at the "
+              f"end, other jobs included); each row's seconds are in the JSON.",
+              MARKERS[1]]
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(results: dict, readme: Path = README) -> None:
+    text = readme.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1]) + "\n", re.S)
+    if not pattern.search(text):
+        sys.exit(f"reference_results: {readme} has no {MARKERS[0]} ... {MARKERS[1]} section to rewrite")
+    readme.write_text(pattern.sub(lambda _: readme_section(results), text), encoding="utf-8")
+
+
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Reference accuracies on rt-polarity and the UCI sentences.")
-    p.add_argument("--only", choices=list(DATASETS), help="one data set only")
-    p.add_argument("--out", default="runs/reference", help="where the run folders go")
+    p.add_argument("--only", choices=list(DATASETS), help="one data set only (writes no JSON and no README)")
+    p.add_argument("--out", default="runs/reference", help="where the run folders go (default runs/reference)")
+    p.add_argument("--json", type=Path, default=JSON, help=f"results file (default {JSON.relative_to(REPO)})")
+    p.add_argument("--readme-only", action="store_true",
+                   help="rewrite the README's table from the stored --json without running anything")
     args = p.parse_args(argv)
-    rows = []
-    for name, path in DATASETS.items():
-        if args.only and name != args.only:
-            continue
-        t0 = time.perf_counter()
-        bow = bag_of_words(path)
-        rows.append({"data": name, **bow, "seconds": time.perf_counter() - t0})
-        print(rows[-1], flush=True)
-        for cell, settings in RUNS[name].items():
+    if args.readme_only:
+        results = json.loads(args.json.read_text())
+        write_readme(results)
+        print(f"wrote {README} from {args.json}")
+        return results
+    torch.set_num_threads(THREADS)
+    names = [n for n in DATASETS if not args.only or n == args.only]
+    units = [(n, None) for n in names] + [(n, cell) for n in names for cell in RUNS[n]]
+    units.sort(key=lambda u: names.index(u[0]))  # per data set: the baseline, then its cells
+    bar = _progress(len(units), 0, "reference rows", sys.stderr.isatty())
+    rows, t_all, load_before = [], time.perf_counter(), os.getloadavg()[0]
+    for data, cell in units:
+        if bar is not None:
+            bar.set_postfix_str(f"{data} {cell or 'bag-of-words'}")
+        if cell is None:
             t0 = time.perf_counter()
-            config = Config(**settings, seed=0)
-            result = train(config, path, Path(args.out) / f"{name}-{cell}", log=lambda _: None, progress=False,
-                           plots=False)
-            best_val = min(result.history, key=lambda r: r["val_loss"])
-            model = f"{cell.upper()} (H={config.hidden}, D={config.embed_dim}, dropout {config.dropout:g})"
-            rows.append({"data": name, "model": model,
-                         "val_acc": best_val["val_acc"], "test_acc": result.test["accuracy"],
-                         "epochs": len(result.history), "seconds": time.perf_counter() - t0})
-            print(rows[-1], flush=True)
-    print(f"\n{'data':5} {'model':38} {'val acc':>8} {'test acc':>9} {'seconds':>8}")
-    for r in rows:
-        print(f"{r['data']:5} {r['model']:38} {r['val_acc']:8.4f} {r['test_acc']:9.4f} {r['seconds']:8.1f}")
-    (Path(args.out) / "reference_results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    return rows
+            bow = bag_of_words(REPO / DATASETS[data])
+            rows.append({"data": data, **bow, "seconds": round(time.perf_counter() - t0, 1)})
+        else:
+            rows.append(run_row(data, cell, args.out))
+        (bar.write if bar is not None else print)(
+            f"{data:4} {rows[-1]['model']:58} val {rows[-1]['val_acc']:.4f}  test {rows[-1]['test_acc']:.4f}  "
+            f"({rows[-1]['seconds']:.0f} s)")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    results = {"rows": rows, "seconds": round(time.perf_counter() - t_all, 1), "threads": THREADS,
+               "machine": f"{os.cpu_count()} CPU cores", "torch": torch.__version__,
+               "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}  # other jobs slow it
+    print(f"total {results['seconds']:.0f} s")
+    if args.only is None:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.json}")
+        if args.json == JSON:
+            write_readme(results)
+            print(f"wrote {README}")
+    return results
 
 
 if __name__ == "__main__":

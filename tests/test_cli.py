@@ -256,3 +256,17 @@ def test_every_choice_comes_from_choices_py():
         Config(cell=name).validate()
     with pytest.raises(UserError, match="choose rnn, lstm or gru"):
         Config(cell="transformer").validate()
+
+
+def test_bench_checks_its_device_like_train(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the device is available")  # the CI machines have none
+    assert main(["bench", "--tiny", "--device", "cuda"]) == 2
+    assert "--device cuda: not available here" in one_error_line(capsys, "bench")
+
+
+def test_explain_checks_its_out_before_the_work(run, tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep")
+    assert main(["explain", "--checkpoint", str(run.out_dir), "a great film", "--out", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "not an rnnlab run" in err  # nothing printed before the refusal

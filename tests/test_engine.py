@@ -183,3 +183,44 @@ def test_compiled_equals_python_float32_through_onednn(compiled, kind, H):
     assert _onednn(make_cell(kind, 8, H), 64) == _onednn_works()  # the size does reach oneDNN where it works
     check_same(kind, tol=1e-5, T=3, B=64, E=8, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=5,
                dtype=torch.float32)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_a_transposed_final_state_gradient_reaches_the_loop_as_rows(compiled, kind):
+    """A loss on s_T.t() sends back a gradient with transposed strides; the C++ loop reads rows of B x H,
+    so it must get a contiguous copy (it once read the transposed storage: errors of order 10)."""
+    B, H, T, E = 3, 5, 4, 2  # B != H: a stride mix-up cannot cancel out
+    grads = {}
+    for engine in ("python", "compiled"):
+        g = torch.Generator().manual_seed(7)
+        cell = make_cell(kind, E, H, generator=g, dtype=torch.float64)
+        x = torch.randn(B, T, E, generator=g, dtype=torch.float64)
+        R = torch.randn(H, B, generator=g, dtype=torch.float64)
+        _, final = unroll(cell, x, None, None, "manual", engine=engine)
+        loss = sum((s.t() * R).sum() for s in final)  # d loss / d s_T = R^T, as a transposed view
+        loss.backward()
+        grads[engine] = [p.grad for p in cell.parameters() if p is not None]
+    for got, ref in zip(grads["compiled"], grads["python"]):
+        assert rel_err(got, ref) <= 1e-12
+
+
+def test_a_lock_left_by_a_killed_build_never_hangs(monkeypatch, tmp_path):
+    """torch's builder waits without end while its `lock` file exists: a fresh lock means another process
+    is building (this one runs the Python loop, with the notice); an old one was left by a killed build."""
+    import time
+    from types import SimpleNamespace
+
+    loaded = []
+    ops = SimpleNamespace(load_library=loaded.append)  # this process has the real loop loaded: a stand-in
+    monkeypatch.setattr(engines, "torch", SimpleNamespace(ops=ops))
+    monkeypatch.setattr(engines, "cache_dir", lambda: tmp_path)
+    (tmp_path / "lock").touch()
+    (tmp_path / "rnnlab_loop.so").touch()
+    with pytest.raises(RuntimeError, match="another process is compiling the time loop now"):
+        engines._build()
+    assert loaded == []  # not loaded while another process may be writing it
+    old = time.time() - engines.STALE_LOCK_S - 60
+    os.utime(tmp_path / "lock", (old, old))
+    ops.rnnlab_loop = SimpleNamespace()  # what load_library would register
+    engines._build()  # the stale lock is removed and the built library loaded
+    assert loaded == [str(tmp_path / "rnnlab_loop.so")] and not (tmp_path / "lock").exists()

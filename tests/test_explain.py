@@ -180,3 +180,69 @@ def test_an_out_that_is_a_file_is_a_one_line_error(tmp_path, command):
     assert r.returncode == 2 and "pass a folder to --out" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+def _drawn_figure(monkeypatch, model, traces, path, **kw):
+    """plot_trajectories' figure, caught at `plots.save` (the PNG is still written)."""
+    from rnnlab import plots
+    from rnnlab.explain import plot_trajectories
+
+    caught, real_save = [], plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, p, show=False: caught.append(fig) or real_save(fig, p, show))
+    plot_trajectories(model, traces, path, **kw)
+    return caught[0]
+
+
+@pytest.mark.parametrize("cell,hidden,classes,n_texts,seed", [("rnn", 2, 2, 3, 1), ("gru", 9, 2, 5, 2),
+                                                              ("lstm", 6, 3, 2, 3), ("gru", 2, 3, 4, 4)])
+def test_each_point_is_coloured_by_the_models_own_prediction(tmp_path, monkeypatch, cell, hidden, classes,
+                                                             n_texts, seed):
+    """Point t of a sentence is filled with the colour of the class the model predicts for the sentence cut
+    after word t (computed here by the model's batch forward, not by the trace), s_0 with b_out's class."""
+    from matplotlib.colors import to_rgba
+
+    from rnnlab.plots import PER_PANEL, class_colours
+
+    g = torch.Generator().manual_seed(seed)
+    words = ["good", "bad", "dull", "fine", "plot", "film", "not"]
+    vocab = Vocab.build([words])
+    model = Classifier(len(vocab), hidden, classes, cell=cell, embed_dim=4, seed=seed)
+    with torch.no_grad():
+        model.W_out.mul_(8.0)  # a confident output layer: the prediction changes along the sentences
+    lengths = torch.randint(2, 8, (n_texts,), generator=g).tolist()
+    texts = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (T,), generator=g)) for T in lengths]
+    names = [f"class{k}" for k in range(classes)]
+    traces = explain_texts(model, vocab, texts, names, lowercase=True)
+    fig = _drawn_figure(monkeypatch, model, traces, tmp_path / "t.png")
+    points = {c.get_gid(): c for ax in fig.axes for c in ax.collections if (c.get_gid() or "").startswith("sentence")}
+    assert len(points) == n_texts
+    colours, seen = class_colours(classes), set()
+    for i, text in enumerate(texts):
+        ids = vocab.encode(tokenize(text))
+        with torch.no_grad():
+            expected = [int(model.b_out.argmax())] + [
+                int(model.predict_proba(torch.tensor([ids[:t]])).argmax()) for t in range(1, len(ids) + 1)]
+        fills = points[f"sentence {i}"].get_facecolors()
+        assert len(fills) == len(ids) + 1
+        for fill, k in zip(fills, expected):
+            assert tuple(fill) == to_rgba(colours[k])
+        seen.update(expected)
+    assert len(seen) >= 2, "pick a seed whose sentences cross the boundary, or the test cannot fail"
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == (1 if n_texts <= PER_PANEL else n_texts)
+
+
+def test_trajectory_key_sits_outside_the_axes_and_says_what_the_line_is(tmp_path, monkeypatch):
+    vocab = Vocab.build([tokenize(t) for t in TEXTS])
+    for hidden, line in ((10, "restricted to this plane"), (2, "shaded: the class predicted there")):
+        model = Classifier(len(vocab), hidden, 2, cell="gru", embed_dim=4, seed=0)
+        traces = explain_texts(model, vocab, TEXTS[:2], ["neg", "pos"], lowercase=True)
+        fig = _drawn_figure(monkeypatch, model, traces, tmp_path / "t.png")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        (ax,) = fig.axes
+        legend = ax.get_legend()
+        assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1  # right of the axes
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert any(line in t for t in labels), labels  # H = 10: a projection's line; H = 2: the model's own
+        assert {"the model predicts neg here", "the model predicts pos here"} <= set(labels)

@@ -107,3 +107,11 @@ def test_lstm_flow_also_reports_the_cell_path_and_the_gates():
     assert 0 < flow.gate_means["f"] < 1
     gru = gradflow.measure("gru", length=10, batch=3, hidden=4, embed_dim=3, vocab_size=9)
     assert gru.dL_dc is None and set(gru.gate_means) == {"r", "z", "n"}
+
+
+def test_run_draws_a_bar_only_when_asked(capsys):
+    setups = (("rnn", 1.0), ("gru", None))
+    flows = gradflow.run(length=4, hidden=3, embed_dim=2, vocab_size=10, batch=2, setups=setups, progress=True)
+    assert "gradflow setups" in capsys.readouterr().err and len(flows) == 2
+    gradflow.run(length=4, hidden=3, embed_dim=2, vocab_size=10, batch=2, setups=setups)  # stderr not a terminal
+    assert capsys.readouterr().err == ""

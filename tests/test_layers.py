@@ -23,11 +23,11 @@ STUDIES = {"lab", "explain", "gradflow", "memory", "gradcheck", "report", "plots
 PLUMBING = {p.stem for p in SRC.glob("*.py")} - MATHS - STUDIES - {"__init__", "__main__"}
 
 
-def rnnlab_imports(module: str) -> set[str]:
-    """The rnnlab modules `module` imports, at its top or inside functions."""
-    tree = ast.parse((SRC / f"{module}.py").read_text())
+def rnnlab_imports(module: str, top_only: bool = False, source: str | None = None) -> set[str]:
+    """The rnnlab modules `module` (or `source`) imports, at its top or (unless top_only) in functions too."""
+    tree = ast.parse(source if source is not None else (SRC / f"{module}.py").read_text())
     found = set()
-    for node in ast.walk(tree):
+    for node in (tree.body if top_only else ast.walk(tree)):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rnnlab"):
             if node.module == "rnnlab":
                 found |= {alias.name for alias in node.names}
@@ -36,6 +36,13 @@ def rnnlab_imports(module: str) -> set[str]:
         elif isinstance(node, ast.Import):
             found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("rnnlab.")}
     return found - {module}
+
+
+def test_every_import_form_is_seen():
+    forms = "from rnnlab import plots, report\nimport rnnlab.lab\nfrom rnnlab.explain import trace\n" \
+            "def f():\n    from rnnlab import memory\n"
+    assert rnnlab_imports("probe", source=forms) == {"plots", "report", "lab", "explain", "memory"}
+    assert rnnlab_imports("probe", top_only=True, source=forms) == {"plots", "report", "lab", "explain"}
 
 
 def test_the_layers_cover_every_module():
@@ -53,9 +60,7 @@ def test_the_maths_imports_only_the_maths(module):
 def test_the_plumbing_imports_no_study_at_its_top(module):
     """train and lm may draw (plots) and write a report when asked, inside the function that does it;
     at import time the plumbing needs none of the studies."""
-    tree = ast.parse((SRC / f"{module}.py").read_text())
-    top = {n.module.split(".")[1] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module
-           and n.module.startswith("rnnlab.")}
+    top = rnnlab_imports(module, top_only=True)
     assert not top & STUDIES, f"rnnlab.{module} imports {sorted(top & STUDIES)} at its top"
 
 

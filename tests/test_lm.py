@@ -377,8 +377,9 @@ def test_the_classifier_takes_the_schedule_and_the_step_budget_too(tmp_path):
     r = train(config, data, tmp_path / "run", log=quiet, plots=False)
     opt = checkpoint.read(tmp_path / "run", checkpoint.LAST)["optimizer"]
     assert opt["step_count"] == 7 and r.history[-1]["epoch"] == 2  # 4 steps per epoch: stopped in epoch 2
-    schedule = make_schedule("cosine", SGD([torch.zeros(1, requires_grad=True)], 0.05), 3 * 4, warmup=2)
-    assert opt["lr"] == pytest.approx(schedule.lr_at(6))  # the rate of the 7th step
+    schedule = make_schedule("cosine", SGD([torch.zeros(1, requires_grad=True)], 0.05), 7, warmup=2)  # --steps 7
+    assert opt["lr"] == pytest.approx(schedule.lr_at(6))  # the rate of the 7th and last step
+    assert schedule.lr_at(6) < 0.05 * 0.1  # near the end of the cosine, not a third of the way down
 
 
 def test_learning_rate_schedules_with_warmup():
@@ -423,3 +424,10 @@ def test_two_processes_train_the_language_model_of_one(tmp_path):
     for sa, sb in zip(a["progress"]["history"], b["progress"]["history"]):
         assert sa["val_loss"] == pytest.approx(sb["val_loss"], abs=1e-6)
         assert sa["train_loss"] == pytest.approx(sb["train_loss"], abs=1e-6)
+
+
+def test_val_frac_sets_the_held_out_tail(tmp_path):
+    data = text_file(tmp_path, "abcdefghij" * 20)  # 200 characters
+    for frac, n_val in [(0.1, 20), (0.5, 100)]:
+        _, train_ids, val_ids, _ = lm.load_splits(tiny(val_frac=frac), data)
+        assert (len(train_ids), len(val_ids)) == (200 - n_val, n_val)

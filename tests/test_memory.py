@@ -118,3 +118,17 @@ def test_default_budget_is_deterministic_and_the_gru_holds_twenty_distractors():
     b = train_one("gru", 20, MemoryConfig())
     assert a["accuracy"] == b["accuracy"] and a["final_train_loss"] == b["final_train_loss"]  # bit for bit
     assert a["accuracy"] >= 0.95
+
+
+def test_a_sweep_gives_the_same_rows_every_time_and_a_bar_only_when_asked(capsys):
+    """No run times in the rows (make figures stores them: a rerun must change nothing); the progress bar
+    goes to stderr when asked, and not at all when stderr is not a terminal (as under pytest)."""
+    config = MemoryConfig(steps=5, hidden=4, n_test=20, seeds=2)
+    lines = []
+    first = sweep(["rnn", "gru"], [2], config, log=lines.append, progress=True)
+    bar = capsys.readouterr().err
+    assert "memory runs" in bar and "0/4" in bar  # the bar counts the 2 cells x 2 seeds
+    assert len(lines) == 4  # one line per run, written above the bar
+    assert sweep(["rnn", "gru"], [2], config, log=lambda _: None) == first
+    assert capsys.readouterr().err == ""
+    assert not any("second" in key for row in first for key in row)

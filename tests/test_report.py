@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from rnnlab.report import write_report
+from rnnlab.report import choose_samples, write_report
 from rnnlab.train import train
 from tests.conftest import run_cli
 from tests.test_train import PNG_SIGNATURE, quiet, sentiment_tsv, tiny
@@ -80,6 +80,51 @@ def test_report_embeds_its_images_links_existing_files_and_shows_the_runs_number
     assert 1 <= len(samples) <= 8
     assert len(page.h3) == len(samples) + 1  # one trace per sample, and the extra sentence
     assert page.h3[-1].startswith("“a wonderful zzzunknown film” →")
+    assert "Data: reviews.tsv" in " ".join(text.split())  # the data set, named from the run's data.json
+    data = json.loads((run.out_dir / "data.json").read_text())
+    assert sum(d["sentences"] for d in data.values()) == len(sentiment_tsv(run.out_dir).read_text().splitlines())
+    assert {s["label"] for s in samples} == {"pos", "neg"}  # both classes among the samples
+
+
+def test_report_of_an_older_run_says_the_data_was_not_recorded(run, tmp_path):
+    (run.out_dir / "data.json").rename(tmp_path / "data.json")
+    try:
+        text = " ".join(" ".join(parse(write_report(run.out_dir, out_dir=tmp_path)[0]).text).split())
+    finally:
+        (tmp_path / "data.json").rename(run.out_dir / "data.json")
+    assert "Data: not recorded" in text
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_samples_are_balanced_over_classes_and_right_and_wrong(seed):
+    """Random held-out sets: each (true class, right/wrong) group gets its share of the n samples, a group too
+    small gives its turns to the others, and short sentences come first within a group."""
+    import random
+
+    rng = random.Random(seed)
+    C, N, n = rng.choice([2, 3]), rng.randrange(30, 200), rng.choice([4, 6, 8, 12])
+    labels = [rng.randrange(C) for _ in range(N)]
+    predicted = [y if rng.random() < rng.choice([0.6, 0.95]) else rng.randrange(C) for y in labels]
+    texts = [f"s{i} " + "w " * rng.choice([3, 30]) for i in range(N)]
+    names = [f"c{k}" for k in range(C)]
+    samples = choose_samples(texts, labels, predicted, names, n)
+    assert len(samples) == n and len({s["text"] for s in samples}) == n
+    index = {t: i for i, t in enumerate(texts)}
+    chosen = [index[s["text"]] for s in samples]
+    sizes = {(c, r): sum(1 for i in range(N) if labels[i] == c and (predicted[i] == c) == r)
+             for c in range(C) for r in (True, False)}
+    got = {g: sum(1 for i in chosen if (labels[i], predicted[i] == labels[i]) == g) for g in sizes}
+    fair = n // len(sizes)
+    for g in sizes:  # a group has its fair share, or it ran out; nobody has more than one above another's share
+        assert got[g] >= min(fair, sizes[g]), (g, got, sizes)
+        assert got[g] <= max(got.values()) and (got[g] == sizes[g] or got[g] >= max(got.values()) - 1)
+    for s, i in zip(samples, chosen):
+        assert s["label"] == names[labels[i]] and s["predicted"] == names[predicted[i]]
+    for g in sizes:  # within a group: no long sentence chosen while a short one was left
+        mine = [i for i in chosen if (labels[i], predicted[i] == labels[i]) == g]
+        left = [i for i in range(N) if (labels[i], predicted[i] == labels[i]) == g and i not in mine]
+        if any(len(texts[i].split()) > 20 for i in mine):
+            assert all(len(texts[i].split()) > 20 for i in left)
 
 
 def test_cli_report_and_train_report(run, tmp_path):

@@ -472,7 +472,9 @@ def run(args) -> list[Row]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    from rnnlab.config import check_device
+
+    device = torch.device(check_device(args.device))  # a one-line UserError for a device this torch lacks
     if args.tiny:
         args.hidden, args.batch, args.length, args.vocab = [8], 4, 5, 50
         args.steps, args.repeats, args.warmup, args.memory = 2, 1, 1, False

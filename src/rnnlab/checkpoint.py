@@ -17,6 +17,7 @@ A checkpoint is one file written by `torch.save` holding only tensors and plain 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
@@ -103,13 +104,25 @@ def read(path: str | Path, name: str = BEST) -> dict:
     return ckpt
 
 
+@contextlib.contextmanager
+def contents(path: Path, also: tuple = ()):
+    """Reading a checkpoint's entries into a model: a missing entry or a wrong shape (KeyError, ValueError, ...,
+    and the exception types in `also`) becomes one UserError naming the file."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, AttributeError, *also) as e:
+        raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "
+                        "damaged, train again", path=path) from None
+
+
 def load_model(path: str | Path, name: str = BEST) -> tuple[Classifier, Config, Vocab, list[str], dict]:
     """(model, config, vocab, label_names, checkpoint) from a checkpoint file or run folder."""
-    ckpt = read(path, name)
+    path = resolve(path, name)  # the file (and the notice, when a run folder has only last.pt) once
+    ckpt = read(path)
     if isinstance(ckpt.get("config"), dict) and ckpt["config"].get("task") == "lm":
         raise UserError("this checkpoint is a language model, not a classifier; use it with `rnnlab sample`, "
-                        "`evaluate` or `explain`", path=resolve(path, name))
-    try:
+                        "`evaluate` or `explain`", path=path)
+    with contents(path, also=(UserError,)):  # Vocab.from_list refuses a list without its specials
         config = Config.from_dict(ckpt["config"])
         vocab = Vocab.from_list(ckpt["vocab"])
         labels = list(ckpt["label_names"])
@@ -117,7 +130,4 @@ def load_model(path: str | Path, name: str = BEST) -> tuple[Classifier, Config, 
                            embed_dim=config.embed_dim, layers=config.layers, backward=config.backward,
                            seed=config.seed)  # a checkpoint older than `layers` has none: Config's 1
         model.load_state_dict(ckpt["weights"])
-    except (KeyError, ValueError, TypeError, AttributeError, UserError) as e:  # a missing entry, a wrong shape
-        raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "
-                        "damaged, train again", path=resolve(path, name)) from None
     return model, config, vocab, labels, ckpt

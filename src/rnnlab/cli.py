@@ -135,8 +135,9 @@ def _add_train(sub) -> None:
                                              "whichever comes first)")
     p.add_argument("--minutes", type=float, help="stop after this many minutes of training (wall clock)")
     p.add_argument("--schedule", choices=choices.SCHEDULES, default=d.schedule,
-                   help="learning rate over the run: constant, cosine (down to 0 at the last step) or step (x0.3 "
-                        "after each third); default constant")
+                   help="learning rate over the planned steps (--epochs, or --steps if fewer; --minutes is not "
+                        "foreseen): constant, cosine (down towards 0) or step (x0.3 after each third); default "
+                        "constant")
     p.add_argument("--warmup", type=int, default=d.warmup, help="raise the learning rate linearly over this many "
                                                                 "first steps (default 0)")
     p.add_argument("--level", choices=choices.LEVELS, default=d.level,
@@ -150,8 +151,10 @@ def _add_train(sub) -> None:
     p.add_argument("--max-vocab", type=int, default=d.max_vocab, help=f"vocabulary size cap (default {d.max_vocab})")
     p.add_argument("--no-lowercase", action="store_true", help="keep the case of words")
     p.add_argument("--no-bucket", action="store_true", help="do not batch sentences of similar length together")
-    p.add_argument("--val-frac", type=float, default=d.val_frac, help=f"validation fraction (default {d.val_frac})")
-    p.add_argument("--test-frac", type=float, default=d.test_frac, help=f"test fraction (default {d.test_frac})")
+    p.add_argument("--val-frac", type=float, default=d.val_frac,
+                   help=f"validation fraction (default {d.val_frac}; lm: the text's last part)")
+    p.add_argument("--test-frac", type=float, default=d.test_frac,
+                   help=f"test fraction (default {d.test_frac}); the language model tests only on --test")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
@@ -473,8 +476,9 @@ def cmd_explain(args) -> int:
 
     from rnnlab import explain
 
+    out = _out_dir(args.out, args) if args.out else None  # a bad --out stops before the work, not after
     if args.checkpoint and _is_lm(args.checkpoint):
-        return _explain_lm(args)
+        return _explain_lm(args, out)
     if args.lab:
         from rnnlab.lab import explain_lab
 
@@ -486,12 +490,12 @@ def cmd_explain(args) -> int:
     else:
         pca = explain.shared_pca(traces)  # one set of axes for all the sentences given
         print("\n\n".join(explain.format_trace(tr, pca) for tr in traces))
-    for f in explain.write(model, traces, _out_dir(args.out, args)) if args.out else []:
+    for f in explain.write(model, traces, out) if out else []:
         print(f"wrote {f}")
     return 0
 
 
-def _explain_lm(args) -> int:
+def _explain_lm(args, out: Path | None) -> int:
     """A language model: per token, p(token), surprisal in bits and the top 3; --out draws the text coloured."""
     import json
 
@@ -502,8 +506,7 @@ def _explain_lm(args) -> int:
         print(json.dumps(results, ensure_ascii=False))
     else:
         print("\n\n".join(lm.format_surprisal(r["tokens"], r["first"]) for r in results))
-    if args.out:
-        out = _out_dir(args.out, args)
+    if out:
         (out / "explain.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {out / 'explain.json'}")
         for i, r in enumerate(results):

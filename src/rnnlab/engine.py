@@ -62,6 +62,9 @@ def cache_dir() -> Path:
     return root / f"loop-{key[:16]}"
 
 
+STALE_LOCK_S = 600  # a build lock older than this was left by a killed build (a build takes well under a minute)
+
+
 def load():
     """The compiled ops (torch.ops.rnnlab_loop), built on first use; raises RuntimeError why not."""
     if "ops" in _state:
@@ -81,8 +84,12 @@ def _build():
     if hasattr(torch.ops, "rnnlab_loop") and hasattr(torch.ops.rnnlab_loop, "lstm_forward"):
         return torch.ops.rnnlab_loop
     folder = cache_dir()
-    library = folder / "rnnlab_loop.so"
-    if library.exists() and not (folder / "lock").exists():  # built, and no other process is building it now
+    library, lock = folder / "rnnlab_loop.so", folder / "lock"  # torch's builder holds `lock` while it compiles
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        lock.unlink(missing_ok=True)  # left by a build that was killed: nobody is building now
+    if lock.exists():  # torch would wait for it without end; this process runs the Python loop instead
+        raise RuntimeError(f"another process is compiling the time loop now ({lock}; remove it if none is)")
+    if library.exists():  # built, and no other process is building it now
         torch.ops.load_library(str(library))
         return torch.ops.rnnlab_loop
     import logging
@@ -90,7 +97,7 @@ def _build():
     from torch.utils import cpp_extension
 
     folder.mkdir(parents=True, exist_ok=True)
-    print("rnnlab: compiling the time loop (once, ~30 s) into " + str(folder), file=sys.stderr, flush=True)
+    print("rnnlab: compiling the time loop (once, under a minute) into " + str(folder), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     cap = _capability()
     flags = ["-O3", f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *_FLAGS.get(cap, [])]

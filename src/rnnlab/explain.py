@@ -177,11 +177,14 @@ def format_trace(tr: Trace, pca: PCA | None = None) -> str:
 
 # -- picture ---------------------------------------------------------------------------------------------
 def plot_trajectories(model: Classifier, traces: list[Trace], path, *, pca: PCA | None = None, show: bool = False):
-    """Each sentence's path s_0 = 0 -> s_1 -> ... -> s_T, with the output layer's decision boundary.
+    """Each sentence's path s_0 = 0 -> s_1 -> ... -> s_T, each point filled with the class the model gives it,
+    argmax softmax(W_out s_t + b_out) (s_0 = 0 gives b_out's class), with the output layer's decision boundary.
 
-    H = 2: the states themselves. Otherwise their coordinates z on the top two principal components
-    (fitted on these sentences' states unless `pca` is given); the boundary drawn is the one within
-    that plane: with s = mean + V^T z, w . s + c = (V w) . z + (w . mean + c), w = W_out[1] - W_out[0].
+    H = 2: the states themselves, and the boundary w . s + c = 0 (w = W_out[1] - W_out[0], c = b_out[1] -
+    b_out[0]) with its two regions: the picture is exact. Otherwise their coordinates z on the top two principal
+    components (fitted on these sentences' states unless `pca` is given), and the line drawn is the boundary
+    restricted to that plane: with s = mean + V^T z, w . s + c = (V w) . z + (w . mean + c). A state off the
+    plane can sit on the line's other side, so there the points' fills, not the line, give the model's answer.
     """
     from rnnlab import plots  # matplotlib only when drawing
 
@@ -190,19 +193,22 @@ def plot_trajectories(model: Classifier, traces: list[Trace], path, *, pca: PCA 
     w, c = (W_out[1] - W_out[0], float(b_out[1] - b_out[0])) if model.num_classes == 2 else (None, None)
     words = [tr.tokens for tr in traces]
     paths = [torch.cat((torch.zeros(1, H), tr.states)) for tr in traces]  # s_0 = 0, then one state per word
+    s0_class = int(b_out.argmax())  # softmax(W_out 0 + b_out): the answer before any word
+    predictions = [[s0_class, *tr.probs.argmax(dim=1).tolist()] for tr in traces]  # the model's own, per point
+    names = traces[0].label_names
     bounded = model.cell.name != "rnn" or model.cell.phi == "tanh"  # tanh and the gated cells keep h_t in (-1, 1)
     if H == 2 and pca is None:
         boundary = None if w is None else (w.tolist(), c)
-        return plots.trajectory(words, [p.tolist() for p in paths], boundary, path, axes=("s[0]", "s[1]"),
-                                limits=(-1.1, 1.1) if bounded else None,
-                                title="Hidden state after each word (green: class 1, red: class 0)", show=show)
+        return plots.trajectory(words, [p.tolist() for p in paths], predictions, names, boundary, path, exact=True,
+                                axes=("s[0]", "s[1]"), limits=(-1.1, 1.1) if bounded else None,
+                                title="Hidden state after each word", show=show)
     pca = pca or fit_pca(torch.cat([tr.states for tr in traces]), 2)
     V, share = pca.components[:2], pca.explained[:2]  # the plane of the first two
     if len(V) < 2:  # H = 1, or a single state: one direction only; the second axis stays at 0
         V, share = torch.cat((V, V.new_zeros(2 - len(V), H))), torch.cat((share, share.new_zeros(2 - len(share))))
     pca = PCA(pca.mean, V, share)
     boundary = None if w is None else ((pca.components @ w).tolist(), float(w @ pca.mean) + c)
-    return plots.trajectory(words, [pca.project(p).tolist() for p in paths], boundary, path,
-                            axes=("principal component 1", "principal component 2"),
+    return plots.trajectory(words, [pca.project(p).tolist() for p in paths], predictions, names, boundary, path,
+                            exact=False, axes=("principal component 1", "principal component 2"),
                             title=f"Hidden states (H = {H}) on their top 2 principal components ({pca.shares()} of "
                                   "variance)", show=show)

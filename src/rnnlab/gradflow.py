@@ -168,8 +168,22 @@ def measure(cell: str, rho: float | None = None, *, length: int = 100, batch: in
     return Flow(name, dL_ds.tolist(), ds_T_ds.tolist(), norm, clipped, dL_dc, gates or None)
 
 
-def run(*, length: int = 100, clip: float = 1.0, seed: int = 0, setups=SETUPS, **kw) -> list[Flow]:
-    return [measure(cell, rho, length=length, clip=clip, seed=seed, **kw) for cell, rho in setups]
+def run(*, length: int = 100, clip: float = 1.0, seed: int = 0, setups=SETUPS, progress: bool | None = None,
+        **kw) -> list[Flow]:
+    """`measure` for each setup; a progress bar on stderr when it is a terminal (progress=None) or when asked."""
+    import sys
+
+    from rnnlab.train import _progress  # the house bar (tqdm), imported only when one is drawn
+
+    bar = _progress(len(setups), 0, "gradflow setups", sys.stderr.isatty() if progress is None else progress)
+    flows = []
+    for cell, rho in setups:
+        flows.append(measure(cell, rho, length=length, clip=clip, seed=seed, **kw))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return flows
 
 
 def format_table(flows: list[Flow], clip: float) -> str:

@@ -8,7 +8,8 @@ The model, at every step t of a chunk (Karpathy's char-rnn, jcjohnson's torch-rn
     loss     = mean_t -log softmax(logits_t)[id_{t+1}]        cross-entropy on the next token, in nats
 
 Batching as char-rnn / torch-rnn do it: the N training tokens are cut into B parallel streams of
-N // B tokens (stream b is tokens b*L .. b*L + L - 1), and each stream is read in consecutive chunks
+L = (N - 1) // B inputs (stream b reads tokens b*L .. b*L + L - 1 and predicts b*L + 1 .. b*L + L, so
+its last token is a target only), and each stream is read in consecutive chunks
 of T = --seq-len tokens. The final state of one chunk is the initial state of the next, detached from
 the graph (truncated BPTT: context carries across chunks, gradients do not); states start at zero
 at each epoch. Dropout (--dropout p) drops the outputs of every layer before the next layer and
@@ -46,10 +47,9 @@ from rnnlab.errors import UserError
 from rnnlab.model import Parameters
 from rnnlab.recurrent import dropout as _dropout
 from rnnlab.recurrent import unroll_layers
-from rnnlab.train import fit, open_run, reload_best, step_generator, write_history
+from rnnlab.train import fit, open_run, planned_steps, reload_best, step_generator, write_history
 
 EOL = "<eol>"  # word level: the end of a line
-VAL_FRAC = 0.1  # without --val, this last fraction of the training file validates (nanoGPT's split)
 LN2 = math.log(2)
 
 
@@ -352,8 +352,8 @@ def load_splits(config: Config, data, val_data=None, test_data=None):
     val_text = read_text(val_data) if val_data else None
     test_text = read_text(test_data) if test_data else None
     toks = tokens(text, config.level, config.lowercase)
-    if val_text is None:  # the last 10% validates
-        cut = int(len(toks) * (1 - VAL_FRAC))
+    if val_text is None:  # the last --val-frac of the text validates (0.1 by default, nanoGPT's split)
+        cut = int(len(toks) * (1 - config.val_frac))
         train_toks, val_toks = toks[:cut], toks[cut:]
     else:
         train_toks, val_toks = toks, tokens(val_text, config.level, config.lowercase)
@@ -369,7 +369,8 @@ def load_splits(config: Config, data, val_data=None, test_data=None):
     _check_length(train_ids, config, "the training text", data)
     val_ids = ids(val_toks)
     if len(val_ids) < 2:
-        raise UserError("the validation text has fewer than 2 tokens; pass a longer --val or a longer --data",
+        raise UserError("the validation text has fewer than 2 tokens; pass a longer --val, a larger --val-frac or "
+                        "a longer --data",
                         path=val_data or data)
     test_ids = None
     if test_text is not None:
@@ -392,9 +393,9 @@ def train_lm(config: Config, data, out_dir, *, val_data=None, test_data=None, re
     task = LMTask(train_ids, val_ids, test_ids, vocab)
     model = make_model(config, len(vocab))
     chunks = ((len(train_ids) - 1) // config.batch_size) // config.seq_len  # as `streams` cuts
-    total = config.epochs * chunks if config.steps is None else min(config.steps, config.epochs * chunks)
     run = open_run(config, out_dir, model, {"vocab": vocab, "label_names": []}, resume=resume,
-                   fresh={"carry": None}, team=team, log=log, progress=progress, total_steps=total)
+                   fresh={"carry": None}, team=team, log=log, progress=progress,
+                   total_steps=planned_steps(config, chunks))
     run.log(f"{config.level} level  train {len(train_ids):,} tokens  val {len(val_ids):,}  test "
             f"{len(test_ids) if test_ids is not None else 0:,}  vocab {len(vocab)}  {config.layers} x {config.cell} "
             f"{config.hidden}  parameters {model.num_parameters():,}  {chunks} steps per epoch  -> {run.out}")
@@ -410,19 +411,17 @@ def train_lm(config: Config, data, out_dir, *, val_data=None, test_data=None, re
 # -- using a trained model ----------------------------------------------------------------------------------
 def load(path) -> tuple[LanguageModel, Config, object]:
     """(model, config, vocab) of a language model's checkpoint (a run folder or a .pt file)."""
+    path = checkpoint.resolve(path)  # the file (and the notice, when a run folder has only last.pt) once
     ckpt = checkpoint.read(path)
-    try:
+    with checkpoint.contents(path):
         config = Config.from_dict(ckpt["config"])
         if config.task != "lm":
             raise UserError("this checkpoint is a classifier, not a language model; pass a run of "
-                            "`rnnlab train --task lm`", path=checkpoint.resolve(path))
+                            "`rnnlab train --task lm`", path=path)
         vocab = vocab_from_list(config.level, ckpt["vocab"])
         config.device = "cpu"
         model = make_model(config, len(vocab))
         model.load_state_dict(ckpt["weights"])
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
-        raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "
-                        "damaged, train again", path=checkpoint.resolve(path)) from None
     return model, config, vocab
 
 

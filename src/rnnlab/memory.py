@@ -160,25 +160,41 @@ def check_sweep(cells, distances) -> tuple[list[str], list[int]]:
 
 
 def sweep(cells: list[str] | tuple[str, ...] = CELLS, distances: list[int] | tuple[int, ...] = DISTANCES,
-          config: MemoryConfig | None = None, log: Callable[[str], None] = print) -> list[dict]:
+          config: MemoryConfig | None = None, log: Callable[[str], None] = print,
+          progress: bool | None = None) -> list[dict]:
     """train_one for every cell and distance (D outermost) and seed; one row per (cell, D), whose
-    `accuracy` is the mean over the seeds, with each seed's in `accuracies`."""
+    `accuracy` is the mean over the seeds, with each seed's in `accuracies`. The rows hold no run times (they
+    are logged), so the same sweep always gives the same rows. A progress bar goes to stderr when it is a
+    terminal (progress=None) or when asked."""
+    import sys
+
+    from rnnlab.train import _progress  # the house bar (tqdm), imported only when one is drawn
+
     config = (config or MemoryConfig()).validate()
     cells, distances = check_sweep(cells, distances)
+    bar = _progress(len(distances) * len(cells) * config.seeds, 0, "memory runs",
+                    sys.stderr.isatty() if progress is None else progress)
     rows = []
     for distance in distances:
         for cell in cells:
             runs = []
             for seed in range(config.seed, config.seed + config.seeds):
                 run = train_one(cell, distance, dataclasses.replace(config, seed=seed))
-                log(f"D={distance:<4d} {cell:<5} seed {seed}  accuracy {run['accuracy']:.3f}  "
-                    f"train loss {run['final_train_loss']:.3f}  ({run['seconds']:.1f}s)")
+                line = (f"D={distance:<4d} {cell:<5} seed {seed}  accuracy {run['accuracy']:.3f}  "
+                        f"train loss {run['final_train_loss']:.3f}  ({run['seconds']:.1f}s)")
+                if bar is None:
+                    log(line)
+                else:
+                    with bar.external_write_mode():  # the line above the bar, not through it
+                        log(line)
+                    bar.update(1)
                 runs.append(run)
             accuracies = [r["accuracy"] for r in runs]
             rows.append({"cell": cell, "distance": distance, "accuracy": sum(accuracies) / len(runs),
                          "accuracies": accuracies, "seeds": list(range(config.seed, config.seed + config.seeds)),
-                         "final_train_loss": sum(r["final_train_loss"] for r in runs) / len(runs),
-                         "seconds": sum(r["seconds"] for r in runs)})
+                         "final_train_loss": sum(r["final_train_loss"] for r in runs) / len(runs)})
+    if bar is not None:
+        bar.close()
     return rows
 
 

@@ -361,10 +361,13 @@ class _ManualBPTT(torch.autograd.Function):
             h = saved[ctx.names.index("h")]
             T, B, H = h.shape[0] - 1, h.shape[1], h.shape[2]
             # gradients arriving at the final state; zeros where the caller did not use it
-            dh = d_final[0].clone() if d_final[0] is not None else h.new_zeros(B, H)
+            # contiguous copies: the C++ loop reads rows of B x H (a transposed gradient keeps its strides in clone())
+            dh = d_final[0].clone(memory_format=torch.contiguous_format) if d_final[0] is not None else \
+                h.new_zeros(B, H)
             dc = None
             if cell.n_states == 2:
-                dc = d_final[1].clone() if d_final[1] is not None else h.new_zeros(B, H)
+                dc = d_final[1].clone(memory_format=torch.contiguous_format) if d_final[1] is not None else \
+                    h.new_zeros(B, H)
             buf, d_state0 = compiled_bptt(cell, dict(zip(ctx.names, saved)), dh, dc, d_out, mask, W, ctx.reuse)
         else:
             buf = Buffers(**dict(zip(cell.saved, saved)))

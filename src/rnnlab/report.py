@@ -5,7 +5,9 @@ The page shows, from the files a run folder holds:
     config.json      the run's settings, as a table
     metrics.json     test accuracy, per-class precision / recall / F1
     loss.png, accuracy.png, confusion.png      the curves and the confusion matrix
-    samples.json     a few test sentences with their true labels (written by `train`), each with the
+    data.json        where each split came from and its size (written by `train`): the page names the data
+    samples.json     a few test sentences with their true labels (written by `train`, `choose_samples`:
+                     balanced over the classes and over right and wrong predictions), each with the
                      model's prediction and its `explain` trace: p(class) and the gates after every word
     trajectory.png   drawn here: the hidden-state paths of those sentences on their principal components
 
@@ -31,6 +33,7 @@ from rnnlab.errors import UserError
 from rnnlab.explain import Trace, explain_texts, plot_trajectories
 
 REPORT = "report.html"
+DATA = "data.json"
 IMAGES = (("loss.png", "Loss per epoch"), ("accuracy.png", "Accuracy per epoch"),
           ("confusion.png", "Confusion matrix (test split)"), ("trajectory.png", "Hidden-state paths of the samples"))
 
@@ -67,7 +70,7 @@ def write_report(run_dir, sentences: list[str] | None = None, out_dir=None) -> l
              f"<p>{_e(config.cell.upper())}, H = {config.hidden}"
              f"{f', {config.layers} layers (traces: the top one)' if config.layers > 1 else ''}, "
              f"{len(vocab):,} words, classes "
-             f"{_e(', '.join(label_names))}; {len(history)} epochs.</p>"]
+             f"{_e(', '.join(label_names))}; {len(history)} epochs.</p>", _data_html(_read_json(run / DATA, None))]
     if metrics:
         parts.append(_metrics_html(metrics))
     parts.append("<h2>Curves</h2>")
@@ -138,6 +141,62 @@ def _lm_report(run: Path, out: Path, sentences: list[str]) -> list[Path]:
             mean = sum(t["bits"] for t in r["tokens"]) / len(r["tokens"])
             parts.append(_img(path, f"mean {mean:.3f} bits per token over {len(r['tokens'])} tokens"))
     return [_finish_page(run, out, config, parts), *drawn]
+
+
+def write_data_record(out: Path, splits: dict) -> Path:
+    """data.json: for each split ({"train": Dataset, "validation": ..., "test": ... or None}) its source (the
+    paths as given), its size and its class counts, so `write_report` can name the data set."""
+    record = {name: {"source": ds.source, "sentences": len(ds),
+                     "class_counts": dict(zip(ds.label_names, ds.class_counts()))}
+              for name, ds in splits.items() if ds is not None and len(ds)}
+    (Path(out) / DATA).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return Path(out) / DATA
+
+
+def data_name(source: str) -> str:
+    """'rt-polarity' for '../shared/data/rt-polarity (train)': the names of the files or folders given."""
+    return ", ".join(dict.fromkeys(Path(p).name for p in _paths(source).split(", ")))
+
+
+def _paths(source: str) -> str:
+    """A split's source without the ' (train)' that `split_dataset` adds: the paths as given."""
+    for suffix in (" (train)", " (val)", " (test)"):
+        source = source.removesuffix(suffix)
+    return source
+
+
+def _data_html(record) -> str:
+    if not isinstance(record, dict) or not all(isinstance(r, dict) for r in record.values()) or "train" not in record:
+        return "<p>Data: not recorded (a run trained before rnnlab wrote data.json).</p>"
+    sources = {name: _paths(str(r.get("source", "?"))) for name, r in record.items()}
+    sizes = ", ".join(f"{_e(name)} {r.get('sentences', 0):,}" for name, r in record.items())
+    if len(set(sources.values())) == 1:  # one file or folder, split here
+        where = f"<code>{_e(sources['train'])}</code>, split into {sizes} sentences"
+    else:
+        where = "; ".join(f"{_e(name)}: <code>{_e(sources[name])}</code> ({r.get('sentences', 0):,} sentences)"
+                          for name, r in record.items())
+    return f"<p>Data: <b>{_e(data_name(sources['train']))}</b> ({where}).</p>"
+
+
+def choose_samples(texts: list[str], labels: list[int], predicted: list[int], label_names: list[str], n: int = 8,
+                   max_words: int = 20) -> list[dict]:
+    """n held-out sentences for the report, balanced over the classes and over right and wrong predictions.
+
+    The groups (true class c, right or wrong) take turns, right ones first: (c_0 right), (c_1 right), ...,
+    (c_0 wrong), (c_1 wrong), ..., then round again; an empty group passes its turn. Within a group, sentences
+    of at most `max_words` words come first (they stay readable in the pictures), then the held-out order.
+    """
+    groups = [[i for i in range(len(texts)) if labels[i] == c and (predicted[i] == c) == right]
+              for right in (True, False) for c in range(len(label_names))]
+    for group in groups:
+        group.sort(key=lambda i: len(texts[i].split()) > max_words)  # stable: the held-out order otherwise
+    chosen = []
+    while len(chosen) < min(n, len(texts)):
+        for group in groups:
+            if group and len(chosen) < n:
+                chosen.append(group.pop(0))
+    return [{"text": texts[i], "label": label_names[labels[i]], "predicted": label_names[predicted[i]]}
+            for i in chosen]
 
 
 def _metrics_html(m: dict) -> str:

@@ -49,7 +49,7 @@ from rnnlab import checkpoint, distributed
 from rnnlab.config import Config
 from rnnlab.data import Dataset, Vocab, batches, encode_dataset, load_dataset, split_dataset, tokenize
 from rnnlab.errors import UserError
-from rnnlab.evaluate import evaluate_dataset, evaluate_ids
+from rnnlab.evaluate import evaluate_dataset, evaluate_ids, predict_ids
 from rnnlab.model import Classifier
 from rnnlab.optim import LRSchedule, Optimizer, clip_grad_norm, make_optimizer, make_schedule
 
@@ -118,6 +118,13 @@ class Run:
                (c.minutes is not None and self.seconds() >= 60 * c.minutes)
 
 
+def planned_steps(config: Config, steps_per_epoch: int) -> int:
+    """The optimiser steps a schedule plans for: --epochs' worth, or --steps if that is fewer (--minutes
+    cannot be known in advance: a run it stops ends before its schedule does)."""
+    total = config.epochs * steps_per_epoch
+    return total if config.steps is None else min(config.steps, total)
+
+
 def open_run(config: Config, out: Path, model, keys: dict, *, resume: bool, fresh: dict, team, log,
              progress: bool | None, total_steps: int) -> Run:
     """The optimiser and schedule for `model`, then resume from `out`/last.pt or start a new folder.
@@ -168,13 +175,10 @@ def _resume(run: Run) -> dict:
                         f"keep the run's config.json, or start a new --out", path=out / checkpoint.LAST)
     if any(ckpt.get(k) != (v.to_list() if hasattr(v, "to_list") else v) for k, v in run.keys.items()):
         raise UserError("cannot resume on different data; pass the same --data as the run", path=out / checkpoint.LAST)
-    try:
+    with checkpoint.contents(out / checkpoint.LAST):
         run.model.load_state_dict(ckpt["weights"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         state = dict(ckpt["progress"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"the checkpoint's contents do not fit together ({type(e).__name__}: {e}); the file is "
-                        "damaged, train again", path=out / checkpoint.LAST) from None
     state["history"] = [dict(r) for r in state["history"]]
     if changed:
         state.pop("budget_spent", None)  # a bigger budget: fit() checks the new one
@@ -424,7 +428,11 @@ class ClassifierTask:
             test = evaluate_dataset(run.model, test_ds, self.vocab, c.lowercase, names)
             run.log(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  (best epoch by validation loss)")
         files = _write_records(run.out, run.progress["history"], test, names, plots)
-        files.append(_write_samples(run.out, test_ds if test_ds is not None and len(test_ds) else self.val_ds, names))
+        held_out = test_ds if test_ds is not None and len(test_ds) else self.val_ds
+        files.append(_write_samples(run.out, held_out, names, run.model, self.vocab, c.lowercase))
+        from rnnlab.report import write_data_record  # data.json: where each split came from, for the report
+
+        files.append(write_data_record(run.out, {"train": self.train_ds, "validation": self.val_ds, "test": test_ds}))
         files += [run.out / "config.json", run.out / checkpoint.BEST, run.out / checkpoint.LAST]
         if report:  # the HTML page that shows all of the above, with the samples' explain traces
             from rnnlab.report import write_report
@@ -462,7 +470,7 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
                        device=config.device, engine=config.engine)
     steps_per_epoch = math.ceil(len(train_ds) / config.batch_size)
     run = open_run(config, out_dir, model, {"vocab": vocab, "label_names": label_names}, resume=resume, fresh={},
-                   team=team, log=log, progress=progress, total_steps=config.epochs * steps_per_epoch)
+                   team=team, log=log, progress=progress, total_steps=planned_steps(config, steps_per_epoch))
     run.log(f"train {len(train_ds)}  val {len(val_ds)}  test {len(test_ds) if test_ds else 0}  vocab {len(vocab)}  "
             f"classes {label_names}  parameters {model.num_parameters():,}  -> {run.out}")
     stopped_early = fit(run, task)
@@ -475,9 +483,14 @@ def train(config: Config, data, out_dir: str | Path, *, fmt: str | None = None, 
     return TrainResult(run.out, history, test, model, files, stopped_early)
 
 
-def _write_samples(out: Path, ds: Dataset, label_names: list[str], n: int = 8) -> Path:
-    """samples.json: the first n sentences of the held-out split with their true labels, for `rnnlab report`."""
-    samples = [{"text": t, "label": label_names[y]} for t, y in zip(ds.texts[:n], ds.labels[:n])]
+def _write_samples(out: Path, ds: Dataset, label_names: list[str], model: Classifier, vocab: Vocab,
+                   lowercase: bool, n: int = 8) -> Path:
+    """samples.json: n sentences of the held-out split `ds`, with their true and predicted labels, balanced over
+    classes and right/wrong predictions (`report.choose_samples`), for `rnnlab report`."""
+    from rnnlab.report import choose_samples
+
+    predicted = predict_ids(model, [vocab.encode(tokenize(t, lowercase)) for t in ds.texts]).argmax(1).tolist()
+    samples = choose_samples(ds.texts, ds.labels, predicted, label_names, n)
     (out / "samples.json").write_text(json.dumps(samples, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out / "samples.json"
 
