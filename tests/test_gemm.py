@@ -33,18 +33,18 @@ def test_transposed_operands_need_a_larger_product_for_onednn():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rows", [3, 700])  # below and above MIN_MACS (with N = 96, K = 80: 5.4M at 700)
+@pytest.mark.parametrize("rows", [3, 700])  # below and above MIN_MACS (with N = 192, K = 80: 10.8M at 700)
 def test_weight_grad_equals_the_sum_over_rows(rows, dtype):
     g = torch.Generator().manual_seed(2)
-    dy, x = torch.randn(rows, 96, generator=g, dtype=dtype), torch.randn(rows, 80, generator=g, dtype=dtype)
-    assert (rows * 96 * 80 >= gemm.MIN_MACS) == (rows == 700)
+    dy, x = torch.randn(rows, 192, generator=g, dtype=dtype), torch.randn(rows, 80, generator=g, dtype=dtype)
+    assert (rows * 192 * 80 >= gemm.MIN_MACS) == (rows == 700)
     with torch.no_grad():
         dw = gemm.weight_grad(dy, x)
         dw_b, db = gemm.weight_grad(dy, x, bias=True)
     ref = dy.double().t() @ x.double()  # sum_r dy_r x_r^T
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     for got in (dw, dw_b):
-        assert got.shape == (96, 80) and got.dtype == dtype and got.is_contiguous()
+        assert got.shape == (192, 80) and got.dtype == dtype and got.is_contiguous()
         torch.testing.assert_close(got.double(), ref, **tol)
     torch.testing.assert_close(db.double(), dy.double().sum(0), **tol)
 
@@ -53,7 +53,7 @@ def test_weight_grad_equals_the_sum_over_rows(rows, dtype):
 def test_weight_grads_of_several_inputs_share_dy(bias):
     """dW = dp^T s and dU = dp^T x from one dp (converted for oneDNN once), against float64."""
     g = torch.Generator().manual_seed(3)
-    dy, s, x = (torch.randn(700, n, generator=g) for n in (96, 80, 72))
+    dy, s, x = (torch.randn(700, n, generator=g) for n in (192, 80, 72))
     with torch.no_grad():
         (dw, du), db = gemm.weight_grads(dy, [s, x], bias=bias)
     for got, inp in ((dw, s), (du, x)):
@@ -64,9 +64,17 @@ def test_weight_grads_of_several_inputs_share_dy(bias):
         assert db is None
 
 
-def test_weight_grad_takes_onednn_where_it_works():
-    """The float32 backward-weights kernel is checked once; where oneDNN works here, so does it."""
+def test_weight_grad_takes_onednn_where_it_works(monkeypatch):
+    """The float32 backward-weights kernel is checked once; where oneDNN works here, so does it, and it
+    runs for a wide dy (gates) only: a dy as wide as x (the vanilla RNN) keeps torch's matmul."""
     assert gemm._onednn_bw_works() == gemm._onednn_works()
+    calls = []
+    real = gemm._onednn_weight_grads
+    monkeypatch.setattr(gemm, "_onednn_weight_grads", lambda dy, xs: calls.append(dy.shape) or real(dy, xs))
+    with torch.no_grad():
+        gemm.weight_grad(torch.randn(700, 192), torch.randn(700, 80))
+        gemm.weight_grad(torch.randn(700, 192), torch.randn(700, 192))  # as wide: not oneDNN
+    assert calls == ([(700, 192)] if gemm._onednn_works() else [])
 
 
 @pytest.mark.parametrize("M", [2, 64])  # below and above the threshold
