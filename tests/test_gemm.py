@@ -33,16 +33,16 @@ def test_transposed_operands_need_a_larger_product_for_onednn():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rows", [3, 700])  # below and above MIN_MACS (with N = 192, K = 80: 10.8M at 700)
+@pytest.mark.parametrize("rows", [3, 2200])  # below and above MIN_MACS_STRIDED (N = 192, K = 80: 33.8M at 2200)
 def test_weight_grad_equals_the_sum_over_rows(rows, dtype):
     g = torch.Generator().manual_seed(2)
     dy, x = torch.randn(rows, 192, generator=g, dtype=dtype), torch.randn(rows, 80, generator=g, dtype=dtype)
-    assert (rows * 192 * 80 >= gemm.MIN_MACS) == (rows == 700)
+    assert (rows * 192 * 80 >= gemm.MIN_MACS_STRIDED) == (rows == 2200)
     with torch.no_grad():
         dw = gemm.weight_grad(dy, x)
         dw_b, db = gemm.weight_grad(dy, x, bias=True)
     ref = dy.double().t() @ x.double()  # sum_r dy_r x_r^T
-    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    tol = dict(rtol=1e-4, atol=2e-3) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)  # 2200-term sums
     for got in (dw, dw_b):
         assert got.shape == (192, 80) and got.dtype == dtype and got.is_contiguous()
         torch.testing.assert_close(got.double(), ref, **tol)
@@ -53,13 +53,13 @@ def test_weight_grad_equals_the_sum_over_rows(rows, dtype):
 def test_weight_grads_of_several_inputs_share_dy(bias):
     """dW = dp^T s and dU = dp^T x from one dp (converted for oneDNN once), against float64."""
     g = torch.Generator().manual_seed(3)
-    dy, s, x = (torch.randn(700, n, generator=g) for n in (192, 80, 72))
+    dy, s, x = (torch.randn(2400, n, generator=g) for n in (192, 80, 88))  # both above MIN_MACS_STRIDED
     with torch.no_grad():
         (dw, du), db = gemm.weight_grads(dy, [s, x], bias=bias)
     for got, inp in ((dw, s), (du, x)):
-        torch.testing.assert_close(got.double(), dy.double().t() @ inp.double(), rtol=1e-5, atol=1e-4)
-    if bias:
-        torch.testing.assert_close(db.double(), dy.double().sum(0), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(got.double(), dy.double().t() @ inp.double(), rtol=1e-4, atol=2e-3)
+    if bias:  # float32 sums of 2400 terms of size ~1: round-off ~1e-4
+        torch.testing.assert_close(db.double(), dy.double().sum(0), rtol=1e-4, atol=2e-3)
     else:
         assert db is None
 
@@ -72,9 +72,10 @@ def test_weight_grad_takes_onednn_where_it_works(monkeypatch):
     real = gemm._onednn_weight_grads
     monkeypatch.setattr(gemm, "_onednn_weight_grads", lambda dy, xs: calls.append(dy.shape) or real(dy, xs))
     with torch.no_grad():
-        gemm.weight_grad(torch.randn(700, 192), torch.randn(700, 80))
-        gemm.weight_grad(torch.randn(700, 192), torch.randn(700, 192))  # as wide: not oneDNN
-    assert calls == ([(700, 192)] if gemm._onednn_works() else [])
+        gemm.weight_grad(torch.randn(2200, 192), torch.randn(2200, 80))
+        gemm.weight_grad(torch.randn(2200, 192), torch.randn(2200, 192))  # as wide: not oneDNN
+        gemm.weight_grad(torch.randn(700, 192), torch.randn(700, 80))  # below MIN_MACS_STRIDED: not oneDNN
+    assert calls == ([(2200, 192)] if gemm._onednn_works() else [])
 
 
 @pytest.mark.parametrize("M", [2, 64])  # below and above the threshold

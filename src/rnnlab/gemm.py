@@ -103,16 +103,17 @@ def weight_grads(dy: torch.Tensor, xs: list[torch.Tensor], bias: bool = False):
     bias) gradients from output gradients dy (M, N) and inputs x (M, K), M rows each (all steps of all
     sequences), e.g. the recurrent layer's dW = dp^T s and dU = dp^T x from the same dp.
 
-    Float32 CPU products of at least MIN_MACS go to oneDNN's backward-weights kernel, which reads both
+    Float32 CPU products of at least MIN_MACS_STRIDED go to oneDNN's backward-weights kernel, which reads both
     operands row-major, where `linear(dy.t(), x.t())` would copy both transposed first (measured here,
-    B*T = 2048, 4 gates: 11% faster at H = 32, 17% at H = 128, 20% at H = 512; 36% for the language
+    B*T = 2048, 4 gates: 17% faster at H = 128, 20% at H = 512; 36% for the language
     model's 6400 rows at H = 256), and converts dy for it once for all xs. Only where dy is at least
     twice as wide as x (a gated cell's G*H gate columns against H): for the vanilla RNN, dy as wide as
     x, it measured no faster here (H = 128 and 512), and its converted copy of dy would lift the
-    step's peak memory above torch.nn's. Else torch's matmul.
+    step's peak memory above torch.nn's. Below MIN_MACS_STRIDED (H = 32 here) its conversions cost what
+    it saves: the GRU's step at H = 32 ran ~5% faster on torch's strided matmul. Else torch's matmul.
     """
     def onednn(x: torch.Tensor) -> bool:
-        return (dy.shape[0] * dy.shape[1] * x.shape[1] >= MIN_MACS and dy.shape[1] >= 2 * x.shape[1]
+        return (dy.shape[0] * dy.shape[1] * x.shape[1] >= MIN_MACS_STRIDED and dy.shape[1] >= 2 * x.shape[1]
                 and dy.dtype == x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous())
 
     if (xs and dy.device.type == "cpu" and dy.is_contiguous() and not torch.is_grad_enabled()
