@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -57,6 +57,9 @@ class Workload:
     lr: float = 2e-3
     clip: float = 5.0
     seed: int = 0
+    schedule: str = "constant"  # rnnlab's --schedule; the baseline gets the same rates (lr_factor)
+    warmup: int = 0
+    steps: int | None = None  # --steps: the schedule's length, and a budget besides the minutes
 
 
 TINY = Workload(layers=2, hidden=16, embed=8, seq_len=10, batch=4)
@@ -78,7 +81,19 @@ class TorchLM(torch.nn.Module):
 def config_for(w: Workload, **kw) -> Config:
     return Config(task="lm", level="char", cell="lstm", layers=w.layers, hidden=w.hidden, embed_dim=w.embed,
                   seq_len=w.seq_len, batch_size=w.batch, dropout=w.dropout, optimizer="adam", lr=w.lr, clip=w.clip,
-                  backward="manual", seed=w.seed, patience=None, **kw)
+                  backward="manual", seed=w.seed, patience=None, schedule=w.schedule, warmup=w.warmup, steps=w.steps,
+                  **kw)
+
+
+def lr_factor(w: Workload, t: int) -> float:
+    """The learning rate of step t (0 = the first) over w.lr: rnnlab.optim.make_schedule's rule, written
+    again for the baseline's torch.optim.lr_scheduler.LambdaLR (tests/test_lm.py holds the two equal)."""
+    if t < w.warmup:
+        return (t + 1) / w.warmup
+    if w.schedule == "constant":
+        return 1.0
+    assert w.schedule == "cosine" and w.steps, "the baseline knows the constant and the cosine schedules"
+    return (1 + math.cos(math.pi * (t - w.warmup) / max(1, w.steps - w.warmup))) / 2
 
 
 def command(w: Workload, minutes: float) -> str:
@@ -86,7 +101,10 @@ def command(w: Workload, minutes: float) -> str:
     return (f"rnnlab train --task lm --data ../shared/data/tinyshakespeare/input.txt --out runs/shakespeare "
             f"--cell lstm --layers {w.layers} "
             f"--hidden {w.hidden} --embed-dim {w.embed} --seq-len {w.seq_len} --batch-size {w.batch} --dropout "
-            f"{w.dropout:g} --lr {w.lr:g} --clip {w.clip:g} --epochs 1000 --patience 0 --minutes {minutes:g}")
+            f"{w.dropout:g} --lr {w.lr:g} --clip {w.clip:g}"
+            + (f" --schedule {w.schedule}" if w.schedule != "constant" else "")
+            + (f" --warmup {w.warmup}" if w.warmup else "")
+            + " --epochs 1000 --patience 0" + (f" --steps {w.steps}" if w.steps else "") + f" --minutes {minutes:g}")
 
 
 def copy_into_rnnlab(torch_model: TorchLM, model: lm.LanguageModel) -> None:
@@ -195,13 +213,14 @@ def train_torch(w: Workload, data: Path, minutes: float, log) -> dict:
     torch.manual_seed(w.seed)
     model = TorchLM(w, len(vocab))
     opt = torch.optim.Adam(model.parameters(), w.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(w, t))
     s = lm.streams(train_ids, w.batch)
     chunks = (s.shape[1] - 1) // w.seq_len
     start, step, history = time.perf_counter(), 0, []
     for epoch in range(1000):
         t0, states, spent = time.perf_counter(), None, False
         for k in range(chunks):
-            if time.perf_counter() - start >= 60 * minutes:
+            if time.perf_counter() - start >= 60 * minutes or (w.steps is not None and step >= w.steps):
                 spent = True
                 break
             x, y = lm.chunk(s, k, w.seq_len)
@@ -211,6 +230,7 @@ def train_torch(w: Workload, data: Path, minutes: float, log) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), w.clip)
             opt.step()
+            schedule.step()
             states = tuple(t.detach() for t in states)
             step += 1
         history.append({"epoch": epoch + 1, "step": step, "train_loss": loss.item(),
@@ -231,6 +251,12 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10, help="timed steps per repeat (default 10)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median counts (default 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--hidden", type=int, help="the model's hidden size (default: Workload's)")
+    p.add_argument("--dropout", type=float, help="dropout (default: Workload's)")
+    p.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule (default: Workload's)")
+    p.add_argument("--warmup", type=int, help="warm-up steps (default: Workload's)")
+    p.add_argument("--train-steps", type=int, help="--steps of the training run: the schedule's length and a budget "
+                   "besides --minutes (default: Workload's)")
     p.add_argument("--tiny", action="store_true", help="a tiny model and budget (seconds), for the tests")
     p.add_argument("--no-training", action="store_true", help="throughput only")
     p.add_argument("--json", help="write the results here")
@@ -241,6 +267,9 @@ def main(argv=None) -> dict:
         return {}
     torch.set_num_threads(args.threads)
     w = TINY if args.tiny else Workload()
+    given = {"hidden": args.hidden, "dropout": args.dropout, "schedule": args.schedule, "warmup": args.warmup,
+             "steps": args.train_steps}
+    w = replace(w, **{k: v for k, v in given.items() if v is not None})
     minutes = 0.05 if args.tiny else args.minutes
     config = config_for(w)
     data = SHAKESPEARE

@@ -101,3 +101,18 @@ def test_readme_speed_table_is_the_stored_benchmark_output():
     assert "`rnnlab bench --threads 1 --json docs/figures/bench.json`" in readme
     assert {r["cell"] for r in stored} == {"rnn", "lstm", "gru", "lm-lstmx2"}
     assert {r["engine"] for r in stored if r["backward"] == "manual"} == {"python", "compiled"}
+
+
+@pytest.mark.slow
+def test_the_startup_benchmark_times_both_commands(tmp_path):
+    """benchmarks/bench_startup.py runs `import torch` and `rnnlab lab` as fresh processes (no bound on the times)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_startup", REPO / "benchmarks" / "bench_startup.py")
+    startup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(startup)
+    out = tmp_path / "startup.json"
+    r = startup.main(["--repeats", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    assert set(r["median"]) == {"import torch", "rnnlab lab"} and all(t > 0 for t in r["median"].values())
+    assert r["ratio"] == pytest.approx(r["median"]["rnnlab lab"] / r["median"]["import torch"])

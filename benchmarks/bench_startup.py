@@ -1,0 +1,61 @@
+"""How long `rnnlab lab` takes, end to end, against a bare `python -c "import torch"` in the same run.
+
+Issue 15 asks that the compiled time loop costs the lab nothing: the lab (n = 2, the Python path) must
+stay within 1.6x of importing torch. Each repeat runs both commands as fresh processes, one after the
+other (interleaved, so a change of load hits both), and the median wall time of each is compared.
+
+Usage: python benchmarks/bench_startup.py [--repeats 7] [--json FILE]
+Run it on a quiet machine: with other jobs on the two cores the lab's matplotlib preload thread has no
+core of its own, and the ratio grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COMMANDS = {
+    "import torch": [sys.executable, "-c", "import torch"],
+    "rnnlab lab": [sys.executable, "-m", "rnnlab", "lab", "--force", "--out"],  # + a temporary folder
+}
+
+
+def wall(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def measure(repeats: int) -> dict:
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for name, cmd in COMMANDS.items():
+                times[name].append(wall(cmd + ([str(Path(tmp) / "lab")] if name == "rnnlab lab" else [])))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {"repeats": repeats, "seconds": times, "median": median,
+            "ratio": median["rnnlab lab"] / median["import torch"], "load_after": os.getloadavg()[0]}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=7, help="interleaved runs of each command (default 7)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    r = measure(args.repeats)
+    print(f"import torch {r['median']['import torch']:.2f} s   rnnlab lab {r['median']['rnnlab lab']:.2f} s   "
+          f"ratio {r['ratio']:.2f}  (median of {args.repeats}, load average after {r['load_after']:.1f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
+    return r
+
+
+if __name__ == "__main__":
+    main()
