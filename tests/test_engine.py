@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from rnnlab import engine as engines
+from rnnlab import gemm
 from rnnlab.cells import make_cell
 from rnnlab.config import Config
 from rnnlab.errors import UserError
@@ -173,16 +174,51 @@ def test_a_run_records_its_engine_and_resumes_on_another(compiled, tmp_path):
         train(tiny(epochs=1, engine="compiled", hidden=9), data, out, resume=True, log=quiet, plots=False)
 
 
-@pytest.mark.parametrize("kind,H", [("rnn", 256), ("lstm", 128), ("gru", 160)])
+@pytest.mark.parametrize("kind,H", [("rnn", 128), ("rnn", 256), ("lstm", 128), ("gru", 128), ("gru", 160)])
 def test_compiled_equals_python_float32_through_onednn(compiled, kind, H):
-    """Sizes where each step's product goes to oneDNN (rnnlab.gemm's rule: B H G H >= 2^22 multiply-adds),
-    with the weight reordered once for it."""
+    """Sizes where each step's product goes to oneDNN (rnnlab.gemm's rule for the compiled loop:
+    B H G H >= MIN_MACS_STEP = 2^20 multiply-adds; the RNN at H = 128 is exactly 2^20), with the weight
+    reordered once for it."""
     from rnnlab.gemm import _onednn_works
-    from rnnlab.recurrent import _onednn
+    from rnnlab.recurrent import STEP_ONEDNN, _step_path
 
-    assert _onednn(make_cell(kind, 8, H), 64) == _onednn_works()  # the size does reach oneDNN where it works
+    assert (_step_path(make_cell(kind, 8, H), 64) == STEP_ONEDNN) == _onednn_works()  # reaches oneDNN where it works
     check_same(kind, tol=1e-5, T=3, B=64, E=8, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=5,
                dtype=torch.float32)
+
+
+def test_the_step_product_calls_mkl_directly_where_torch_has_it(compiled):
+    """Small products go to MKL's sgemm_/dgemm_, found in torch's own library (no dispatcher per step);
+    oneDNN takes float32 from 2^20 multiply-adds on. PyPI's x86 torch is built on MKL and exports them."""
+    from rnnlab.recurrent import STEP_ATEN, STEP_BLAS, STEP_ONEDNN, _has_blas, _step_path
+
+    assert _has_blas(False) == _has_blas(True) == torch.backends.mkl.is_available()
+    direct = STEP_BLAS if torch.backends.mkl.is_available() else STEP_ATEN
+    for dtype in (torch.float32, torch.float64):
+        assert _step_path(make_cell("lstm", 8, 32, dtype=dtype), 64) == direct  # 2^18 multiply-adds
+    big = _step_path(make_cell("lstm", 8, 64, dtype=torch.float32), 64)  # 2^20
+    assert big == (STEP_ONEDNN if gemm._onednn_works() else direct)
+    assert _step_path(make_cell("lstm", 8, 64, dtype=torch.float64), 64) == direct  # oneDNN: float32 only
+
+
+@pytest.mark.parametrize("path", ["aten", "blas", "onednn"])
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_every_step_product_path_equals_python(compiled, monkeypatch, kind, path):
+    """Each way the loop can make a step's product, forced at a small size: ATen's mm (the fallback where
+    torch exports no MKL gemm), MKL directly (float64 to 1e-12; y += x W^T on padded batches and in the
+    GRU's backward), oneDNN (float32)."""
+    from rnnlab import recurrent
+
+    code = {"aten": recurrent.STEP_ATEN, "blas": recurrent.STEP_BLAS, "onednn": recurrent.STEP_ONEDNN}[path]
+    if path == "blas" and not recurrent._has_blas(True):
+        pytest.skip("this torch exports no MKL gemm: the loop runs on ATen's mm, tested above")
+    if path == "onednn" and not gemm._onednn_works():
+        pytest.skip("oneDNN does not work here: the loop never chooses it")
+    monkeypatch.setattr(recurrent, "_step_path", lambda cell, B: code)
+    dtypes = [torch.float32] if path == "onednn" else [torch.float64, torch.float32]
+    for seed, dtype in enumerate(dtypes):
+        check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=5, B=6, E=4, H=19, ids=False,
+                   padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])

@@ -46,6 +46,7 @@ Left out: bidirectional layers, `proj_size`, PackedSequence objects (pass length
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -234,11 +235,24 @@ def _mask_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else mask[..., 0].contiguous().view(torch.uint8)
 
 
-def _onednn(cell: Cell, B: int) -> bool:
-    """Whether the step's product (B, H) x (H, G*H) goes to oneDNN: the rule of `gemm.linear`."""
+STEP_ATEN, STEP_BLAS, STEP_ONEDNN = 0, 1, 2  # how the compiled loop makes a step's product (csrc/loop.cpp)
+
+
+def _step_path(cell: Cell, B: int) -> int:
+    """How the compiled loop makes each step's product, forward (B, H) x (H, G*H) and backward
+    (B, G*H) x (G*H, H): oneDNN for float32 from gemm.MIN_MACS_STEP multiply-adds on (where it works),
+    else MKL's sgemm_/dgemm_ called directly (no dispatcher per step; found in torch's own library),
+    else ATen's mm. Measured per shape by benchmarks/bench_step_gemm.py."""
     W = cell.W.detach()
-    with torch.no_grad():
-        return gemm._use_onednn(W.new_empty(B, W.shape[1]), W)
+    if W.dtype == torch.float32 and B * W.shape[0] * W.shape[1] >= gemm.MIN_MACS_STEP and gemm._onednn_works():
+        return STEP_ONEDNN
+    return STEP_BLAS if _has_blas(W.dtype == torch.float64) else STEP_ATEN
+
+
+@functools.cache
+def _has_blas(f64: bool) -> bool:
+    """Whether the compiled loop found MKL's gemm (dgemm_ for f64, else sgemm_) and it agreed with at::mm."""
+    return bool(engines.load().has_blas(f64))
 
 
 def compiled_forward(cell: Cell, x: torch.Tensor, state: State, mask: torch.Tensor | None) -> dict:
@@ -250,20 +264,20 @@ def compiled_forward(cell: Cell, x: torch.Tensor, state: State, mask: torch.Tens
     T, B = x.shape[:2]
     H = cell.hidden_size
     P = input_projection(cell, x).contiguous()  # U x_t + b, overwritten with the gates
-    W, m, dnn = cell.W.detach(), _mask_bytes(mask), _onednn(cell, B)
+    W, m, path = cell.W.detach(), _mask_bytes(mask), _step_path(cell, B)
     h = P.new_empty(T + 1, B, H)
     h[0] = state[0]
     if cell.name == "rnn":
-        ops.rnn_forward(P, h, W, m, cell.phi == "relu", dnn)
+        ops.rnn_forward(P, h, W, m, cell.phi == "relu", path)
         return {"P": P, "h": h}
     if cell.name == "lstm":
         c, tc = P.new_empty(T + 1, B, H), P.new_empty(T, B, H)
         c[0] = state[1]
-        ops.lstm_forward(P, h, c, tc, W, m, dnn)
+        ops.lstm_forward(P, h, c, tc, W, m, path)
         return {"P": P, "h": h, "c": c, "tc": tc}
     ghn = P.new_empty(T, B, H)
     b_hn = None if cell.b_hn is None else cell.b_hn.detach()
-    ops.gru_forward(P, h, ghn, W, b_hn, m, dnn)
+    ops.gru_forward(P, h, ghn, W, b_hn, m, path)
     return {"P": P, "h": h, "ghn": ghn}
 
 
@@ -280,15 +294,15 @@ def compiled_bptt(cell: Cell, saved: dict, dh: torch.Tensor, dc: torch.Tensor | 
         P = P.clone()
     W, m = W.detach(), _mask_bytes(mask)
     d_out = None if d_out is None else d_out.contiguous()
-    dnn = _onednn(cell, h.shape[1])
+    path = _step_path(cell, h.shape[1])
     if cell.name == "rnn":
-        d0 = (ops.rnn_backward(P, h, W, dh, d_out, m, cell.phi == "relu", dnn),)
+        d0 = (ops.rnn_backward(P, h, W, dh, d_out, m, cell.phi == "relu", path),)
         return Buffers(h=h, dp=P), d0
     if cell.name == "lstm":
-        d0 = tuple(ops.lstm_backward(P, saved["c"], saved["tc"], W, dh, dc, d_out, m, dnn))
+        d0 = tuple(ops.lstm_backward(P, saved["c"], saved["tc"], W, dh, dc, d_out, m, path))
         return Buffers(h=h, dp=P), d0
     ghn = saved["ghn"] if reuse else saved["ghn"].clone()
-    d0 = (ops.gru_backward(P, h, ghn, W, dh, d_out, m, dnn),)
+    d0 = (ops.gru_backward(P, h, ghn, W, dh, d_out, m, path),)
     return Buffers(h=h, dp=P, dgh_n=ghn), d0  # ghn now holds dgh_n = dn * r
 
 

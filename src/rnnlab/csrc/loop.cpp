@@ -1,9 +1,9 @@
 // The time loop of rnnlab's manual forward and hand BPTT, compiled: the same equations as the cells'
 // forward_t / local_derivatives / backward_t in cells.py, for all three cells, float32 and float64.
 //
-// Per time step, each way: one matrix product (at::mm_out into a preallocated buffer, or oneDNN's
-// linear where the Python side measured it faster) and one fused point-wise pass over the batch rows,
-// vectorised with ATen's at::vec::Vectorized (exp and tanh from SLEEF, as torch's own kernels).
+// Per time step, each way: one matrix product (MKL's sgemm_/dgemm_ called directly into a preallocated
+// buffer, ATen's mm where they are missing, or oneDNN's linear where that measured faster: see Product)
+// and one fused point-wise pass over the batch rows, vectorised with ATen's at::vec::Vectorized (exp and tanh from SLEEF, as torch's own kernels).
 // The input projection p_t = U x_t + b (all steps at once) and the weight gradients dW, dU, db (one
 // product each over all steps) stay in Python (recurrent.py): they are single large calls already.
 //
@@ -22,6 +22,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <dlfcn.h>
+
 #include <optional>
 #include <vector>
 
@@ -29,37 +31,95 @@ namespace {
 
 using at::Tensor;
 
+// MKL's Fortran BLAS, as torch's own libtorch_cpu exports it (LP64: int sizes; every argument by pointer;
+// column-major). Looked up at run time in that library (dlsym), so the loop still builds and runs, on
+// ATen's mm, where a torch build does not export them; checked once against at::mm before first use.
+using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                          const int*, const float*, const int*, const float*, float*, const int*);
+using dgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+                          const int*, const double*, const int*, const double*, double*, const int*);
+
+struct Blas {
+  sgemm_fn s = nullptr;
+  dgemm_fn d = nullptr;
+};
+
+// out (B, N) = beta out + x (B, K) @ w^T, w (N, K), all contiguous rows. In column-major terms:
+// out^T (N, B) = w (N, K) x^T (K, B); w's row-major storage is w^T column-major, hence "T".
+template <typename T, typename F>
+void blas_gemm(F gemm, const Tensor& x, const Tensor& w, Tensor& out, T beta) {
+  const int B = x.size(0), K = x.size(1), N = w.size(0);
+  const T one(1);
+  gemm("T", "N", &N, &B, &K, &one, w.data_ptr<T>(), &K, x.data_ptr<T>(), &K, &beta, out.data_ptr<T>(), &N);
+}
+
+template <typename T, typename F>
+bool blas_agrees(F gemm, at::ScalarType dtype) {  // a 3 x 5 x 4 product (beta = 1) against at::mm
+  if (!gemm) return false;
+  auto o = at::TensorOptions().dtype(dtype);
+  Tensor x = at::arange(15, o).reshape({3, 5}).sin(), w = at::arange(20, o).reshape({4, 5}).cos();
+  Tensor out = at::ones({3, 4}, o), want = at::mm(x, w.t());
+  blas_gemm<T>(gemm, x, w, out, T(1));
+  return at::allclose(out, want + 1, 1e-5, 1e-5);
+}
+
+const Blas& blas() {
+  static const Blas found = [] {
+    Blas b;
+    if (void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD)) {  // already loaded by torch: no new load
+      b.s = reinterpret_cast<sgemm_fn>(dlsym(lib, "sgemm_"));
+      b.d = reinterpret_cast<dgemm_fn>(dlsym(lib, "dgemm_"));
+      dlclose(lib);  // drops the reference NOLOAD took; torch keeps the library loaded
+    }
+    if (!blas_agrees<float>(b.s, at::kFloat)) b.s = nullptr;
+    if (!blas_agrees<double>(b.d, at::kDouble)) b.d = nullptr;
+    return b;
+  }();
+  return found;
+}
+
+bool has_blas(at::ScalarType dtype) { return dtype == at::kDouble ? blas().d != nullptr : blas().s != nullptr; }
+
+// How a step's product is made, chosen per shape by recurrent.py (_step_path) from measurements
+// (benchmarks/bench_step_gemm.py): ATen's mm, MKL's gemm called directly (no dispatcher, and y += x w^T
+// in the same call), or oneDNN (faster kernel, ~9 us more per call).
+enum Path : int64_t { ATEN = 0, BLAS = 1, ONEDNN = 2 };
+
 // y = x @ w^T into `out` (B, N), x (B, K) contiguous, w (N, K). oneDNN's op returns a new tensor.
 struct Product {
   Tensor w, w_t;
-  bool onednn;
-  Product(const Tensor& weight, bool use_onednn) : w(weight.contiguous()), w_t(w.t()), onednn(use_onednn) {
-    if (onednn) {  // reorder the weight once into oneDNN's blocked layout, instead of at every step's call
+  int64_t path;
+  Product(const Tensor& weight, int64_t path_) : w(weight.contiguous()), w_t(w.t()), path(path_) {
+    TORCH_CHECK(path != BLAS || has_blas(w.scalar_type()), "rnnlab_loop: MKL's gemm is not available here");
+    if (path == ONEDNN) {  // reorder the weight once into oneDNN's blocked layout, instead of at every step's call
       static auto reorder = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
       std::vector<c10::IValue> stack{w, c10::IValue()};
       reorder.callBoxed(&stack);
       w = stack[0].toTensor();
     }
   }
+  void gemm(const Tensor& x, Tensor& out, bool accumulate) const {  // out (+)= x @ w^T by MKL, rows contiguous
+    TORCH_INTERNAL_ASSERT(x.is_contiguous() && out.is_contiguous());
+    if (w.scalar_type() == at::kDouble) blas_gemm<double>(blas().d, x, w, out, accumulate ? 1.0 : 0.0);
+    else blas_gemm<float>(blas().s, x, w, out, accumulate ? 1.0f : 0.0f);
+  }
   // out = x @ w^T (returns the tensor holding the result: `out`, or oneDNN's new one)
   Tensor mul(const Tensor& x, Tensor& out) const {
-    if (onednn) {
+    if (path == ONEDNN) {
       static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
       std::vector<c10::IValue> stack{x, w, c10::IValue(), std::string("none"),
                                      c10::List<std::optional<at::Scalar>>(), c10::IValue()};
       op.callBoxed(&stack);
       return stack[0].toTensor();
     }
-    at::mm_out(out, x, w_t);
+    if (path == BLAS) gemm(x, out, false); else at::mm_out(out, x, w_t);
     return out;
   }
   // out += x @ w^T
   void add(const Tensor& x, Tensor& out) const {
-    if (onednn) {
-      out.add_(mul(x, out));
-      return;
-    }
-    out.addmm_(x, w_t);
+    if (path == ONEDNN) out.add_(mul(x, out));
+    else if (path == BLAS) gemm(x, out, true);
+    else out.addmm_(x, w_t);
   }
 };
 
@@ -330,17 +390,19 @@ Tensor gru_backward_impl(Tensor& dP, const Tensor& h, Tensor& ghn, const Product
   return dh;
 }
 
+bool has_blas_op(bool f64) { return has_blas(f64 ? at::kDouble : at::kFloat); }
+
 // -- entry points (checked by engine.py; tensors arrive contiguous, of one dtype, on the CPU) -------------
 Tensor opt(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
 
-void rnn_forward(Tensor P, Tensor h, Tensor W, std::optional<Tensor> mask, bool relu, bool onednn) {
-  Product Wp(W, onednn);
+void rnn_forward(Tensor P, Tensor h, Tensor W, std::optional<Tensor> mask, bool relu, int64_t path) {
+  Product Wp(W, path);
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "rnn_forward", [&] { rnn_forward_impl<scalar_t>(P, h, Wp, opt(mask), relu); });
 }
 
 Tensor rnn_backward(Tensor dP, Tensor h, Tensor W, Tensor dh, std::optional<Tensor> d_out,
-                    std::optional<Tensor> mask, bool relu, bool onednn) {
-  Product WTp(W.t().contiguous(), onednn);
+                    std::optional<Tensor> mask, bool relu, int64_t path) {
+  Product WTp(W.t().contiguous(), path);
   Tensor out;
   AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "rnn_backward", [&] {
     out = rnn_backward_impl<scalar_t>(dP, h, WTp, dh, opt(d_out), opt(mask), relu);
@@ -348,14 +410,14 @@ Tensor rnn_backward(Tensor dP, Tensor h, Tensor W, Tensor dh, std::optional<Tens
   return out;
 }
 
-void lstm_forward(Tensor P, Tensor h, Tensor c, Tensor tc, Tensor W, std::optional<Tensor> mask, bool onednn) {
-  Product Wp(W, onednn);
+void lstm_forward(Tensor P, Tensor h, Tensor c, Tensor tc, Tensor W, std::optional<Tensor> mask, int64_t path) {
+  Product Wp(W, path);
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "lstm_forward", [&] { lstm_forward_impl<scalar_t>(P, h, c, tc, Wp, opt(mask)); });
 }
 
 std::vector<Tensor> lstm_backward(Tensor dP, Tensor c, Tensor tc, Tensor W, Tensor dh, Tensor dc,
-                                  std::optional<Tensor> d_out, std::optional<Tensor> mask, bool onednn) {
-  Product WTp(W.t().contiguous(), onednn);
+                                  std::optional<Tensor> d_out, std::optional<Tensor> mask, int64_t path) {
+  Product WTp(W.t().contiguous(), path);
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "lstm_backward", [&] {
     out = lstm_backward_impl<scalar_t>(dP, c, tc, WTp, dh, dc, opt(d_out), opt(mask));
@@ -364,14 +426,14 @@ std::vector<Tensor> lstm_backward(Tensor dP, Tensor c, Tensor tc, Tensor W, Tens
 }
 
 void gru_forward(Tensor P, Tensor h, Tensor ghn, Tensor W, std::optional<Tensor> b_hn, std::optional<Tensor> mask,
-                 bool onednn) {
-  Product Wp(W, onednn);
+                 int64_t path) {
+  Product Wp(W, path);
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "gru_forward", [&] { gru_forward_impl<scalar_t>(P, h, ghn, Wp, opt(b_hn), opt(mask)); });
 }
 
 Tensor gru_backward(Tensor dP, Tensor h, Tensor ghn, Tensor W, Tensor dh, std::optional<Tensor> d_out,
-                    std::optional<Tensor> mask, bool onednn) {
-  Product WTp(W.t().contiguous(), onednn);
+                    std::optional<Tensor> mask, int64_t path) {
+  Product WTp(W.t().contiguous(), path);
   Tensor out;
   AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "gru_backward", [&] {
     out = gru_backward_impl<scalar_t>(dP, h, ghn, WTp, dh, opt(d_out), opt(mask));
@@ -382,15 +444,16 @@ Tensor gru_backward(Tensor dP, Tensor h, Tensor ghn, Tensor W, Tensor dh, std::o
 }  // namespace
 
 TORCH_LIBRARY(rnnlab_loop, m) {
-  m.def("rnn_forward(Tensor(a!) P, Tensor(b!) h, Tensor W, Tensor? mask, bool relu, bool onednn) -> ()", &rnn_forward);
+  m.def("has_blas(bool f64) -> bool", &has_blas_op);
+  m.def("rnn_forward(Tensor(a!) P, Tensor(b!) h, Tensor W, Tensor? mask, bool relu, int path) -> ()", &rnn_forward);
   m.def("rnn_backward(Tensor(a!) dP, Tensor h, Tensor W, Tensor(b!) dh, Tensor? d_out, Tensor? mask, bool relu, "
-        "bool onednn) -> Tensor", &rnn_backward);
-  m.def("lstm_forward(Tensor(a!) P, Tensor(b!) h, Tensor(c!) c, Tensor(d!) tc, Tensor W, Tensor? mask, bool onednn) -> ()",
+        "int path) -> Tensor", &rnn_backward);
+  m.def("lstm_forward(Tensor(a!) P, Tensor(b!) h, Tensor(c!) c, Tensor(d!) tc, Tensor W, Tensor? mask, int path) -> ()",
         &lstm_forward);
   m.def("lstm_backward(Tensor(a!) dP, Tensor c, Tensor tc, Tensor W, Tensor(b!) dh, Tensor(c!) dc, Tensor? d_out, "
-        "Tensor? mask, bool onednn) -> Tensor[]", &lstm_backward);
-  m.def("gru_forward(Tensor(a!) P, Tensor(b!) h, Tensor(c!) ghn, Tensor W, Tensor? b_hn, Tensor? mask, bool onednn) -> ()",
+        "Tensor? mask, int path) -> Tensor[]", &lstm_backward);
+  m.def("gru_forward(Tensor(a!) P, Tensor(b!) h, Tensor(c!) ghn, Tensor W, Tensor? b_hn, Tensor? mask, int path) -> ()",
         &gru_forward);
   m.def("gru_backward(Tensor(a!) dP, Tensor h, Tensor(b!) ghn, Tensor W, Tensor(c!) dh, Tensor? d_out, Tensor? mask, "
-        "bool onednn) -> Tensor", &gru_backward);
+        "int path) -> Tensor", &gru_backward);
 }
