@@ -16,7 +16,12 @@ and float64: at::mm_out against dgemm_ (MKL exports no packed dgemm). Every meth
 against torch's float64 product before it is timed. Rounds interleave the methods (one block of each
 per round, so a change of load hits all of them) and the median round is reported.
 
-Usage: python benchmarks/bench_step_gemm.py [--rounds 7] [--block-ms 20] [--hidden 32 128 512]
+A tight loop flatters oneDNN: its ~9 us per call buys more there than inside the loop, where each product
+meets a point-wise pass between calls and oneDNN writes a fresh tensor each step. So `--unroll` times the
+thing itself: one compiled layer's forward + backward (B = 64, T = 32) with the product forced to each path;
+gemm.MIN_MACS_STEP, the rule of recurrent._step_path, is set from that table.
+
+Usage: python benchmarks/bench_step_gemm.py [--rounds 7] [--block-ms 20] [--hidden 32 128 512] [--unroll]
 The MKL symbols are looked up in torch's own libtorch_cpu (weak symbols; a method whose symbol is missing
 prints "-"). Left out: threads (the compiled loop's products run at torch's thread count; measured at 1).
 """
@@ -27,6 +32,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -67,8 +73,9 @@ bool has(int64_t method, bool f64) {
 }
 
 // reps calls of y (+)= x @ w^T by one method; returns {seconds per call, seconds of the one-off preparation, y}
-std::vector<Tensor> run(int64_t method, Tensor x, Tensor w, Tensor y, int64_t reps, bool acc) {
-  const bool f64 = x.scalar_type() == at::kDouble;
+std::vector<Tensor> run(int64_t method, Tensor xs, Tensor w, Tensor y, int64_t reps, bool acc) {
+  const bool f64 = xs.scalar_type() == at::kDouble;
+  Tensor x = xs[0];
   TORCH_CHECK(has(method, f64), "method not available");
   const int B = x.size(0), K = x.size(1), N = w.size(0);
   Tensor w_t = w.t();
@@ -92,6 +99,7 @@ std::vector<Tensor> run(int64_t method, Tensor x, Tensor w, Tensor y, int64_t re
   const double prep = std::chrono::duration<double>(clk::now() - t0).count();
   t0 = clk::now();
   for (int64_t r = 0; r < reps; ++r) {
+    x = xs[r % xs.size(0)];  // step t reads s_{t-1}: a new row block of one (T, B, K) buffer, as in loop.cpp
     if (method == 0) {
       if (acc) y.addmm_(x, w_t); else at::mm_out(y, x, w_t);
     } else if (method == 1) {
@@ -119,7 +127,7 @@ std::vector<Tensor> run(int64_t method, Tensor x, Tensor w, Tensor y, int64_t re
 
 TORCH_LIBRARY(step_gemm, m) {
   m.def("has(int method, bool f64) -> bool", &has);
-  m.def("run(int method, Tensor x, Tensor w, Tensor(a!) y, int reps, bool acc) -> Tensor[]", &run);
+  m.def("run(int method, Tensor xs, Tensor w, Tensor(a!) y, int reps, bool acc) -> Tensor[]", &run);
 }
 """
 
@@ -143,10 +151,11 @@ def shapes(hidden: list[int]):
                 yield cell, H, "bwd", G * H, H
 
 
-def measure(ops, K: int, N: int, dtype, acc: bool, rounds: int, block_s: float, B: int = 64):
+def measure(ops, K: int, N: int, dtype, acc: bool, rounds: int, block_s: float, B: int = 64, T: int = 32):
     """Median seconds per call of each available method, and the packed method's one-off packing time."""
     g = torch.Generator().manual_seed(K * 7 + N)
-    x, w = torch.randn(B, K, generator=g, dtype=dtype), torch.randn(N, K, generator=g, dtype=dtype) / K ** 0.5
+    xs = torch.randn(T, B, K, generator=g, dtype=dtype)  # the inputs of T steps, used in turn
+    x, w = xs[0], torch.randn(N, K, generator=g, dtype=dtype) / K ** 0.5
     y0 = torch.randn(B, N, generator=g, dtype=dtype)
     want = (y0.double() if acc else 0) + x.double() @ w.double().t()
     f64 = dtype == torch.float64
@@ -154,21 +163,57 @@ def measure(ops, K: int, N: int, dtype, acc: bool, rounds: int, block_s: float, 
     reps = {}
     for i in methods:  # check the maths, then size a block to ~block_s
         y = y0.clone()
-        per, _, y = ops.run(i, x, w, y, 1, acc)
+        per, _, y = ops.run(i, xs, w, y, 1, acc)
         tol = 1e-12 if f64 else 1e-4
         assert torch.allclose(y.double(), want, rtol=tol, atol=tol), (METHODS[i], K, N, acc)
-        per = ops.run(i, x, w, y0.clone(), 20, acc)[0].item()
+        per = ops.run(i, xs, w, y0.clone(), 20, acc)[0].item()
         reps[i] = max(5, int(block_s / per))
     times: dict[int, list[float]] = {i: [] for i in methods}
     prep: list[float] = []
     for _ in range(rounds):
         for i in methods:
-            per, p, _ = ops.run(i, x, w, y0.clone(), reps[i], acc)
+            per, p, _ = ops.run(i, xs, w, y0.clone(), reps[i], acc)
             times[i].append(per.item())
             if i == 3:
                 prep.append(p.item())
     out = {METHODS[i]: statistics.median(v) for i, v in times.items()}
     return out, (statistics.median(prep) if prep else None)
+
+
+def unroll_table(hidden: list[int], rounds: int, steps: int = 5) -> None:
+    """ms per forward + backward of one compiled layer (B = 64, T = 32, input size H, float32), with the
+    step's product forced to each path of csrc/loop.cpp in turn (interleaved rounds, median)."""
+    from rnnlab import recurrent
+    from rnnlab.cells import make_cell
+
+    names = {recurrent.STEP_ATEN: "aten", recurrent.STEP_BLAS: "blas", recurrent.STEP_ONEDNN: "onednn"}
+    chosen = recurrent._step_path
+    print("\nms per forward + backward of one layer, compiled loop, B = 64, T = 32, float32 (ratio: aten / path); "
+          "'rule' is the path rnnlab chooses")
+    print(f"{'cell':5} {'H':>4} " + " ".join(f"{n:>14}" for n in names.values()) + f" {'rule':>7}")
+    try:
+        for cell_name in CELLS:
+            for H in hidden:
+                g = torch.Generator().manual_seed(H)
+                cell = make_cell(cell_name, H, H, generator=g)
+                x = torch.randn(64, 32, H, generator=g)
+                rule = names[chosen(cell, 64)]
+                times: dict[int, list[float]] = {p: [] for p in names}
+                for r in range(rounds + 1):  # round 0 warms up
+                    for p in names:
+                        recurrent._step_path = lambda c, B, p=p: p
+                        start = time.perf_counter()
+                        for _ in range(steps):
+                            out, _ = recurrent.unroll(cell, x, backward="manual", engine="compiled")
+                            out.sum().backward()
+                        if r:
+                            times[p].append((time.perf_counter() - start) / steps)
+                med = {p: statistics.median(v) for p, v in times.items()}
+                base = med[recurrent.STEP_ATEN]
+                print(f"{cell_name:5} {H:4} " + " ".join(f"{med[p] * 1e3:7.3f} ({base / med[p]:4.2f})" for p in names)
+                      + f" {rule:>7}", flush=True)
+    finally:
+        recurrent._step_path = chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,8 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-ms", type=float, default=20.0, help="time of one method's block in a round")
     ap.add_argument("--hidden", type=int, nargs="+", default=[32, 128, 512])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--unroll", action="store_true",
+                    help="instead: time a whole compiled layer (forward + backward) with each path forced")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.unroll:
+        unroll_table(args.hidden, args.rounds)
+        return 0
     ops = build()
     block = args.block_ms / 1000
     print(f"us per call, B = 64, {args.threads} thread(s), median of {args.rounds} interleaved rounds; "

@@ -26,11 +26,12 @@ MIN_MACS = 1 << 22  # below ~4M multiply-adds the call overhead outweighs the fa
 # beats copy + oneDNN for them up to ~2^24 multiply-adds (H = 64 with G = 3 gates: 286 us vs 250 us),
 # and loses from 2^25 on (H = 128, G = 1: 279 us vs 336 us).
 MIN_MACS_STRIDED = 1 << 25
-# The compiled loop's per-step product (csrc/loop.cpp) calls oneDNN from C++, without Python's overhead:
-# there oneDNN wins from ~2^20 multiply-adds (B = 64, one thread, benchmarks/bench_step_gemm.py: the RNN at
-# H = 128, 2^20, 17 us against MKL's 21; the GRU at H = 128, 3 * 2^20, 34 against 61) and loses below
-# (the LSTM at H = 32, 2^18: 11 us against 5.7; the GRU at H = 64, 0.75 * 2^20: even).
-MIN_MACS_STEP = 1 << 20
+# The compiled loop's per-step product (csrc/loop.cpp) calls oneDNN from C++, without Python's overhead.
+# A whole compiled layer (B = 64, T = 32, one thread; `python benchmarks/bench_step_gemm.py --unroll`) ran
+# faster on oneDNN than on MKL from 3 * 2^20 multiply-adds per product (the GRU at H = 128: 1.18x, the
+# LSTM at 128: 1.19x, the RNN at 256: 1.14x) and slower at 2^20 (the RNN at H = 128: 0.84x, the LSTM
+# at 64: 0.96x), though a tight loop of the product alone has oneDNN 1.2x faster there already.
+MIN_MACS_STEP = 1 << 21
 
 _onednn_ok: bool | None = None  # decided on first use
 _onednn_bw_ok: bool | None = None  # the backward-weights op of weight_grad, decided on first use
