@@ -3,7 +3,8 @@
 //
 // Per time step, each way: one matrix product (MKL's sgemm_/dgemm_ called directly into a preallocated
 // buffer, ATen's mm where they are missing, or oneDNN's linear where that measured faster: see Product)
-// and one fused point-wise pass over the batch rows, vectorised with ATen's at::vec::Vectorized (exp and tanh from SLEEF, as torch's own kernels).
+// and one fused point-wise pass over the batch rows, vectorised with ATen's at::vec::Vectorized (exp and
+// tanh from SLEEF, as torch's own kernels).
 // The input projection p_t = U x_t + b (all steps at once) and the weight gradients dW, dU, db (one
 // product each over all steps) stay in Python (recurrent.py): they are single large calls already.
 //
@@ -34,6 +35,9 @@ using at::Tensor;
 // MKL's Fortran BLAS, as torch's own libtorch_cpu exports it (LP64: int sizes; every argument by pointer;
 // column-major). Looked up at run time in that library (dlsym), so the loop still builds and runs, on
 // ATen's mm, where a torch build does not export them; checked once against at::mm before first use.
+// Not used: MKL's packed GEMM (sgemm_pack_ / sgemm_compute_, W packed once per sequence), exported too,
+// measured no faster than plain sgemm_ at any of these shapes (benchmarks/bench_step_gemm.py); MKL
+// runs at about half oneDNN's rate on this AMD CPU either way, so the packed form gains nothing here.
 using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                           const int*, const float*, const int*, const float*, float*, const int*);
 using dgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
