@@ -4,7 +4,8 @@ Issue 15 asks that the compiled time loop costs the lab nothing: the lab (n = 2,
 stay within 1.6x of importing torch. Each repeat runs both commands as fresh processes, one after the
 other (interleaved, so a change of load hits both), and the median wall time of each is compared.
 
-Usage: python benchmarks/bench_startup.py [--repeats 7] [--json FILE]
+Usage: python benchmarks/bench_startup.py --json benchmarks/results/bench_startup.json
+       python benchmarks/bench_startup.py --readme benchmarks/results/bench_startup.json  (the README's sentence)
 Run it on a quiet machine: with other jobs on the two cores the lab's matplotlib preload thread has no
 core of its own, and the ratio grows.
 """
@@ -44,11 +45,24 @@ def measure(repeats: int) -> dict:
             "ratio": median["rnnlab lab"] / median["import torch"], "load_after": os.getloadavg()[0]}
 
 
+def readme_sentence(r: dict) -> str:
+    """The README's sentence, every figure from the stored results."""
+    m = r["median"]
+    return (f"`rnnlab lab`, start to exit with its two plots, takes {r['ratio']:.2f}x a bare\n"
+            f"`python -c \"import torch\"` ({m['rnnlab lab']:.2f} s against {m['import torch']:.2f} s, medians of "
+            f"{r['repeats']} interleaved runs,\n`python benchmarks/bench_startup.py --json "
+            f"benchmarks/results/bench_startup.json`).\n")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=7, help="interleaved runs of each command (default 7)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--readme", metavar="JSON", help="print the README's sentence from stored results, and stop")
     args = p.parse_args(argv)
+    if args.readme:
+        print(readme_sentence(json.loads(Path(args.readme).read_text())), end="")
+        return {}
     r = measure(args.repeats)
     print(f"import torch {r['median']['import torch']:.2f} s   rnnlab lab {r['median']['rnnlab lab']:.2f} s   "
           f"ratio {r['ratio']:.2f}  (median of {args.repeats}, load average after {r['load_after']:.1f})")

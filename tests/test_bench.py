@@ -116,3 +116,5 @@ def test_the_startup_benchmark_times_both_commands(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
     assert set(r["median"]) == {"import torch", "rnnlab lab"} and all(t > 0 for t in r["median"].values())
     assert r["ratio"] == pytest.approx(r["median"]["rnnlab lab"] / r["median"]["import torch"])
+    stored = json.loads((REPO / "benchmarks" / "results" / "bench_startup.json").read_text())
+    assert startup.readme_sentence(stored) in (REPO / "README.md").read_text(encoding="utf-8")

@@ -325,16 +325,22 @@ def test_a_tiny_lm_on_shakespeare_beats_the_unigram_entropy(tmp_path):
 
 
 # -- the README's Shakespeare figures come from the stored benchmark -------------------------------------------------
-def test_readme_shakespeare_section_is_generated_from_the_stored_benchmark():
-    """README.md holds exactly what `python benchmarks/bench_lm.py --readme benchmarks/results/bench_lm.json`
-    prints from the stored results: no figure there can drift from the measurement."""
+def _benchmark(name: str):
+    """benchmarks/<name>.py as a module (the folder is not a package)."""
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("bench_lm", REPO / "benchmarks" / "bench_lm.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_shakespeare_section_is_generated_from_the_stored_benchmark():
+    """README.md holds exactly what `python benchmarks/bench_lm.py --readme benchmarks/results/bench_lm.json`
+    prints from the stored results: no figure there can drift from the measurement."""
+    bench = _benchmark("bench_lm")
     stored = json.loads((REPO / "benchmarks" / "results" / "bench_lm.json").read_text())
     section = bench.readme_section(stored)
     assert section in (REPO / "README.md").read_text(encoding="utf-8"), "paste `bench_lm.py --readme` output"
@@ -344,15 +350,42 @@ def test_readme_shakespeare_section_is_generated_from_the_stored_benchmark():
         assert figure in section
 
 
+def test_the_baselines_learning_rates_are_rnnlabs_schedule():
+    """bench_lm gives torch.optim the rates rnnlab's --schedule gives rnnlab: warm-up, then cosine or constant."""
+    from rnnlab.optim import SGD, make_schedule
+
+    bench = _benchmark("bench_lm")
+    for schedule, warmup, steps in [("cosine", 7, 50), ("cosine", 0, 31), ("constant", 5, None), ("constant", 0, 9)]:
+        w = bench.Workload(schedule=schedule, warmup=warmup, steps=steps, lr=0.3)
+        ours = make_schedule(schedule, SGD([torch.zeros(1)], lr=0.3), steps or 100, warmup)
+        for t in range(60):
+            expected = 0.3 if ours is None else ours.lr_at(t)
+            assert 0.3 * bench.lr_factor(w, t) == pytest.approx(expected, rel=1e-12, abs=1e-15), (schedule, t)
+
+
+def test_readme_study_table_is_the_stored_output_of_its_runs():
+    """The README's table of what helped is `python benchmarks/lm_study.py --readme`, and each stored row is
+    its command's run: the run folder's config.json, parsed again here from the command by rnnlab's CLI."""
+    study = _benchmark("lm_study")
+    stored = json.loads(study.JSON.read_text())
+    assert study.readme_section(stored) in (REPO / "README.md").read_text(encoding="utf-8")
+    assert [r["name"] for r in stored["rows"]] == list(study.ROWS)
+    for r in stored["rows"]:
+        assert r["command"] == study.command(r["name"])
+        assert r["config"] == study.config_of(r["command"])
+        assert r["val_loss"] == r["history"][-1]["val_loss"] and r["steps"] == r["history"][-1]["step"]
+        assert r["best_val_loss"] == min(h["val_loss"] for h in r["history"])
+    first = json.loads(study.FIRST.read_text())  # the first run's row: its stored history at the same step
+    at = {h["step"]: h for h in first["training"]["rnnlab"]["history"]}
+    assert at[stored["first"]["steps"]]["val_loss"] == stored["first"]["val_loss"]
+    assert at[stored["first"]["best_step"]]["val_loss"] == stored["first"]["best_val_loss"]
+
+
 @pytest.mark.slow
 def test_tiny_benchmark_runs_and_writes_json(tmp_path):
-    import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("bench_lm", REPO / "benchmarks" / "bench_lm.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(bench)
+    bench = _benchmark("bench_lm")
     out = tmp_path / "lm.json"
     results = bench.main(["--tiny", "--no-training", "--json", str(out)])
     assert json.loads(out.read_text())["throughput"] == results["throughput"]
