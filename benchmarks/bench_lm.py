@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from rnnlab import lm
 from rnnlab.config import Config
+from rnnlab.optim import SGD, make_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -88,15 +89,12 @@ def config_for(w: Workload, **kw) -> Config:
                   **kw)
 
 
-def lr_factor(w: Workload, t: int) -> float:
-    """The learning rate of step t (0 = the first) over w.lr: rnnlab.optim.make_schedule's rule, written
-    again for the baseline's torch.optim.lr_scheduler.LambdaLR (tests/test_lm.py holds the two equal)."""
-    if t < w.warmup:
-        return (t + 1) / w.warmup
-    if w.schedule == "constant":
-        return 1.0
-    assert w.schedule == "cosine" and w.steps, "the baseline knows the constant and the cosine schedules"
-    return (1 + math.cos(math.pi * (t - w.warmup) / max(1, w.steps - w.warmup))) / 2
+def lr_factor(w: Workload):
+    """Step t (0 = the first) -> its learning rate over w.lr, for the baseline's LambdaLR: the rate rnnlab's
+    `--schedule --warmup --steps` gives that step (rnnlab.optim.make_schedule, as train_lm builds it)."""
+    assert w.schedule == "constant" or w.steps, "a decaying schedule needs its length, --train-steps"
+    schedule = make_schedule(w.schedule, SGD([torch.zeros(1)], lr=w.lr), w.steps or 1, w.warmup)
+    return lambda t: 1.0 if schedule is None else schedule.lr_at(t) / w.lr
 
 
 def command(w: Workload, minutes: float) -> str:
@@ -216,7 +214,7 @@ def train_torch(w: Workload, data: Path, minutes: float, log) -> dict:
     torch.manual_seed(w.seed)
     model = TorchLM(w, len(vocab))
     opt = torch.optim.Adam(model.parameters(), w.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(w, t))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(w))
     s = lm.streams(train_ids, w.batch)
     chunks = (s.shape[1] - 1) // w.seq_len
     start, step, history = time.perf_counter(), 0, []

@@ -22,10 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-COMMANDS = {
-    "import torch": [sys.executable, "-c", "import torch"],
-    "rnnlab lab": [sys.executable, "-m", "rnnlab", "lab", "--force", "--out"],  # + a temporary folder
-}
+
+def commands(out: Path) -> dict[str, list[str]]:
+    """The two commands timed; the lab writes its plots into `out`."""
+    return {"import torch": [sys.executable, "-c", "import torch"],
+            "rnnlab lab": [sys.executable, "-m", "rnnlab", "lab", "--force", "--out", str(out)]}
 
 
 def wall(cmd: list[str]) -> float:
@@ -35,11 +36,12 @@ def wall(cmd: list[str]) -> float:
 
 
 def measure(repeats: int) -> dict:
-    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
     with tempfile.TemporaryDirectory() as tmp:
+        timed = commands(Path(tmp) / "lab")
+        times: dict[str, list[float]] = {name: [] for name in timed}
         for _ in range(repeats):
-            for name, cmd in COMMANDS.items():
-                times[name].append(wall(cmd + ([str(Path(tmp) / "lab")] if name == "rnnlab lab" else [])))
+            for name, cmd in timed.items():
+                times[name].append(wall(cmd))
     median = {name: statistics.median(t) for name, t in times.items()}
     return {"repeats": repeats, "seconds": times, "median": median,
             "ratio": median["rnnlab lab"] / median["import torch"], "load_after": os.getloadavg()[0]}

@@ -93,7 +93,7 @@ def collect(runs: Path) -> dict:
     rows = []
     for name in ROWS:
         folder = runs / name
-        history = list(csv.DictReader(open(folder / "history.csv")))
+        history = list(csv.DictReader((folder / "history.csv").read_text().splitlines()))
         stored = json.loads((folder / "config.json").read_text())
         expected = config_of(command(name))
         if stored != expected:
@@ -105,18 +105,13 @@ def collect(runs: Path) -> dict:
                      "steps": int(history[-1]["step"]), "train_loss": float(history[-1]["train_loss"]),
                      "history": [{k: float(r[k]) for k in ("step", "train_loss", "val_loss")} for r in history]})
     first = json.loads(FIRST.read_text())
-    limit = int(ROWS["h256-d0.2-cosine"].split("--steps ")[1])
+    limit = rows[0]["config"]["steps"]  # the H = 256 row's budget
     history = [r for r in first["training"]["rnnlab"]["history"] if r["step"] <= limit]
     best = min(history, key=lambda r: r["val_loss"])
     baseline = {"name": "first run", "command": first["command"], "val_loss": history[-1]["val_loss"],
                 "best_val_loss": best["val_loss"], "best_step": best["step"], "steps": history[-1]["step"],
                 "train_loss": history[-1]["train_loss"]}
     return {"threads": THREADS, "first": baseline, "rows": rows}
-
-
-def _setting(flags: str, name: str) -> str:
-    """The value of --name in a row's flags."""
-    return flags.split(f"--{name} ")[1].split()[0]
 
 
 def readme_section(r: dict) -> str:
@@ -127,10 +122,9 @@ def readme_section(r: dict) -> str:
              f"| 256 | 0.2 | 64 | constant (the first run) | {f['steps']:,} | {f['train_loss']:.3f} | "
              f"**{f['val_loss']:.3f}** | {f['best_val_loss']:.3f} ({f['best_step']:,}) |"]
     for row in r["rows"]:
-        flags = ROWS[row["name"]]
-        rate = f"{_setting(flags, 'schedule')}, {_setting(flags, 'warmup')} warm-up steps"
-        hidden, dropout, batch = (_setting(flags, name) for name in ("hidden", "dropout", "batch-size"))
-        lines.append(f"| {hidden} | {dropout} | {batch} | {rate} | {row['steps']:,} | "
+        c = row["config"]  # the run's own config.json
+        rate = f"{c['schedule']}, {c['warmup']} warm-up steps"
+        lines.append(f"| {c['hidden']} | {c['dropout']} | {c['batch_size']} | {rate} | {row['steps']:,} | "
                      f"{row['train_loss']:.3f} | **{row['val_loss']:.3f}** | {row['best_val_loss']:.3f} "
                      f"({row['best_step']:,}) |")
     best = min(r["rows"], key=lambda row: row["val_loss"])
@@ -145,8 +139,8 @@ it). The first row is the first run's own history at the same step budget as the
 
 """ + "\n".join(lines) + f"""
 
-Lowest final validation loss: hidden {_setting(ROWS[best['name']], 'hidden')}, dropout \
-{_setting(ROWS[best['name']], 'dropout')}, {best['val_loss']:.3f} nats/char. Rerun:
+Lowest final validation loss: hidden {best['config']['hidden']}, dropout \
+{best['config']['dropout']}, {best['val_loss']:.3f} nats/char. Rerun:
 `python benchmarks/lm_study.py --run` (about 25 minutes per pair of rows), then
 `python benchmarks/lm_study.py --readme` prints this table from `benchmarks/results/lm_study.json`.
 """)

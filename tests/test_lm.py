@@ -358,9 +358,14 @@ def test_the_baselines_learning_rates_are_rnnlabs_schedule():
     for schedule, warmup, steps in [("cosine", 7, 50), ("cosine", 0, 31), ("constant", 5, None), ("constant", 0, 9)]:
         w = bench.Workload(schedule=schedule, warmup=warmup, steps=steps, lr=0.3)
         ours = make_schedule(schedule, SGD([torch.zeros(1)], lr=0.3), steps or 100, warmup)
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.3)
+        theirs = torch.optim.lr_scheduler.LambdaLR(opt, bench.lr_factor(w))  # as train_torch steps it
         for t in range(60):
             expected = 0.3 if ours is None else ours.lr_at(t)
-            assert 0.3 * bench.lr_factor(w, t) == pytest.approx(expected, rel=1e-12, abs=1e-15), (schedule, t)
+            assert 0.3 * bench.lr_factor(w)(t) == pytest.approx(expected, rel=1e-12, abs=1e-15), (schedule, t)
+            assert opt.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12, abs=1e-15), (schedule, t)
+            opt.step()
+            theirs.step()
 
 
 def test_readme_study_table_is_the_stored_output_of_its_runs():
