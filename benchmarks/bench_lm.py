@@ -2,8 +2,8 @@
 
 The model (issue 13's, `Workload`'s defaults): embedding 64 -> 2 layers of LSTM 256 -> linear to the 65
 characters, seq-len 100, batch 64 (char-rnn batching: 64 carried streams), dropout 0.2 between the
-layers and before the output, Adam lr 2e-3 (constant), clip 5; --hidden, --batch, --dropout, --schedule,
---warmup and --train-steps change it (benchmarks/lm_study.py measured what helps). rnnlab runs it with
+layers and before the output, Adam lr 2e-3 (constant), clip 5; --hidden, --batch, --dropout, --weight-drop,
+--schedule, --warmup and --train-steps change it (benchmarks/lm_study.py measured what helps). rnnlab runs it with
 the hand BPTT (backward="manual"); the baseline is
 
     nn.Embedding(65, 64) -> nn.LSTM(64, 256, num_layers=2, dropout=0.2) -> dropout -> nn.Linear(256, 65)
@@ -64,6 +64,7 @@ class Workload:
     schedule: str = "constant"  # rnnlab's --schedule; the baseline gets the same rates (lr_factor)
     warmup: int = 0
     steps: int | None = None  # --steps: the schedule's length, and a budget besides the minutes
+    weight_drop: float = 0.0  # --weight-drop: DropConnect on each layer's recurrent weights (weight_hh)
 
 
 TINY = Workload(layers=2, hidden=16, embed=8, seq_len=10, batch=4)
@@ -75,10 +76,17 @@ class TorchLM(torch.nn.Module):
         self.embed = torch.nn.Embedding(vocab, w.embed)
         self.lstm = torch.nn.LSTM(w.embed, w.hidden, num_layers=w.layers, dropout=w.dropout)
         self.out = torch.nn.Linear(w.hidden, vocab)
-        self.p = w.dropout
+        self.p, self.weight_drop = w.dropout, w.weight_drop
 
     def forward(self, ids, states=None):
-        out, states = self.lstm(self.embed(ids.t()), states)  # (T, B, H)
+        x = self.embed(ids.t())
+        if self.training and self.weight_drop:  # AWD-LSTM's WeightDrop: nn.LSTM run on weight_hh * m / (1 - p)
+            params = dict(self.lstm.named_parameters())
+            for k in range(self.lstm.num_layers):
+                params[f"weight_hh_l{k}"] = F.dropout(params[f"weight_hh_l{k}"], self.weight_drop)
+            out, states = torch.func.functional_call(self.lstm, params, (x, states))
+        else:
+            out, states = self.lstm(x, states)  # (T, B, H)
         return self.out(F.dropout(out, self.p, self.training)), states
 
 
@@ -86,7 +94,7 @@ def config_for(w: Workload, **kw) -> Config:
     return Config(task="lm", level="char", cell="lstm", layers=w.layers, hidden=w.hidden, embed_dim=w.embed,
                   seq_len=w.seq_len, batch_size=w.batch, dropout=w.dropout, optimizer="adam", lr=w.lr, clip=w.clip,
                   backward="manual", seed=w.seed, patience=None, schedule=w.schedule, warmup=w.warmup, steps=w.steps,
-                  **kw)
+                  weight_drop=w.weight_drop, **kw)
 
 
 def lr_factor(w: Workload):
@@ -102,7 +110,8 @@ def command(w: Workload, minutes: float) -> str:
     return (f"rnnlab train --task lm --data ../shared/data/tinyshakespeare/input.txt --out runs/shakespeare "
             f"--cell lstm --layers {w.layers} "
             f"--hidden {w.hidden} --embed-dim {w.embed} --seq-len {w.seq_len} --batch-size {w.batch} --dropout "
-            f"{w.dropout:g} --lr {w.lr:g} --clip {w.clip:g}"
+            f"{w.dropout:g}" + (f" --weight-drop {w.weight_drop:g}" if w.weight_drop else "") +
+            f" --lr {w.lr:g} --clip {w.clip:g}"
             + (f" --schedule {w.schedule}" if w.schedule != "constant" else "")
             + (f" --warmup {w.warmup}" if w.warmup else "")
             + " --epochs 1000 --patience 0" + (f" --steps {w.steps}" if w.steps else "") + f" --minutes {minutes:g}")
@@ -143,7 +152,8 @@ def throughput(w: Workload, ids: torch.Tensor, vocab: int, steps: int, repeats: 
 
     def ours_step(k, states):
         x, y = lm.chunk(s, k % chunks, w.seq_len)
-        logits, finals = model(x, states, dropout=(w.dropout, g))
+        logits, finals = model(x, states, dropout=(w.dropout, g),
+                               weight_drop=(w.weight_drop, g) if w.weight_drop else None)
         F.cross_entropy(logits.reshape(-1, vocab), y.t().reshape(-1)).backward()
         clip_grad_norm(params, w.clip)
         ours_opt.step()
@@ -255,6 +265,7 @@ def main(argv=None) -> dict:
     p.add_argument("--hidden", type=int, help="the model's hidden size (default: Workload's)")
     p.add_argument("--batch", type=int, help="carried streams per step (default: Workload's)")
     p.add_argument("--dropout", type=float, help="dropout (default: Workload's)")
+    p.add_argument("--weight-drop", type=float, help="DropConnect on the recurrent weights (default: Workload's)")
     p.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule (default: Workload's)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default: Workload's)")
     p.add_argument("--train-steps", type=int, help="--steps of the training run: the schedule's length and a budget "
@@ -270,7 +281,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     w = TINY if args.tiny else Workload()
     given = {"hidden": args.hidden, "batch": args.batch, "dropout": args.dropout, "schedule": args.schedule,
-             "warmup": args.warmup, "steps": args.train_steps}
+             "warmup": args.warmup, "steps": args.train_steps, "weight_drop": args.weight_drop}
     w = replace(w, **{k: v for k, v in given.items() if v is not None})
     minutes = 0.05 if args.tiny else args.minutes
     config = config_for(w)
@@ -336,6 +347,9 @@ def readme_section(r: dict) -> str:
              1: f"{overfit[0] if overfit else ''} final loss is above its best by more than 0.005 (overfitting)",
              2: f"both models overfit later with dropout {w['dropout']:g}"}[len(overfit)]
     fence = "```"
+    weight_drop = "" if not wl.weight_drop else (
+        f"\nDropConnect {wl.weight_drop:g} on each layer's recurrent weights W (`--weight-drop`; the baseline runs"
+        f"\n`nn.LSTM` on `weight_hh * m / (1 - p)` through `torch.func.functional_call`),")
     rows = [("rnnlab (hand BPTT)", ours), ("torch.nn + torch.optim", theirs)]
     table = "\n".join(f"| {name} | **{x['val_loss']:.3f}** | {x['val_loss'] / math.log(2):.3f} | {x['steps']:,} | "
                       f"{x['tokens_per_s']:,.0f} |" for name, x in rows)
@@ -343,7 +357,7 @@ def readme_section(r: dict) -> str:
 
 A character-level language model of Tiny Shakespeare (`../shared/data/tinyshakespeare/input.txt`, the
 last 10% held out for validation): {w['layers']} layers of LSTM {w['hidden']}, embedding {w['embed']},
-seq-len {w['seq_len']}, batch {w['batch']} carried streams (char-rnn batching), dropout {w['dropout']:g},
+seq-len {w['seq_len']}, batch {w['batch']} carried streams (char-rnn batching), dropout {w['dropout']:g},{weight_drop}
 Adam {w['lr']:g}{schedule}, clip {w['clip']:g}:
 
 {fence}

@@ -23,6 +23,7 @@ class Config:
     phi: str = "tanh"  # nonlinearity of the vanilla RNN: 'tanh' or 'relu'
     embed_dim: int | None = 128  # D: word embedding size; None feeds one-hot words straight into U (the lab)
     dropout: float = 0.0  # training only: drop embedding entries, layer outputs and s_T entries with this probability
+    weight_drop: float = 0.0  # training only: DropConnect on each layer's recurrent W, one mask per step (AWD-LSTM)
     backward: str = "manual"  # "manual" (hand-written BPTT, the faster) or "autograd" (loss.backward through the loop)
     engine: str = "auto"  # who runs the manual time loop: 'auto' (compiled where it builds), 'python' or 'compiled'
     # -- optimisation --
@@ -75,6 +76,8 @@ class Config:
             (self.embed_dim is None or self.embed_dim >= 1, f"--embed-dim {self.embed_dim}: use a positive size"),
             (self.clip is None or self.clip > 0, f"--clip {self.clip}: use a positive norm, or leave it out"),
             (0 <= self.dropout < 1, f"--dropout {self.dropout}: use a probability in [0, 1), e.g. --dropout 0.5"),
+            (0 <= self.weight_drop < 1, f"--weight-drop {self.weight_drop}: use a probability in [0, 1), e.g. "
+                                        "--weight-drop 0.2"),
             (self.layers >= 1, f"--layers {self.layers}: use at least 1"),
             (self.steps is None or self.steps >= 1, f"--steps {self.steps}: use at least 1 optimiser step"),
             (self.minutes is None or self.minutes > 0, f"--minutes {self.minutes}: use a positive number of minutes"),

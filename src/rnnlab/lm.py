@@ -47,7 +47,7 @@ from rnnlab.errors import UserError
 from rnnlab.model import Parameters
 from rnnlab.recurrent import dropout as _dropout
 from rnnlab.recurrent import unroll_layers
-from rnnlab.train import fit, open_run, planned_steps, reload_best, step_generator, write_history
+from rnnlab.train import fit, masks, open_run, planned_steps, reload_best, write_history
 
 EOL = "<eol>"  # word level: the end of a line
 LN2 = math.log(2)
@@ -172,13 +172,15 @@ class LanguageModel(Parameters):
         return params
 
     def __call__(self, ids: torch.Tensor, states: list | None = None, dropout: tuple[float, torch.Generator] | None
-                 = None, backward: str | None = None) -> tuple[torch.Tensor, list]:
+                 = None, backward: str | None = None, weight_drop: tuple[float, torch.Generator] | None = None,
+                 ) -> tuple[torch.Tensor, list]:
         """logits (T, B, V) for ids (B, T), from the layers' initial `states` (None: zeros); and the final
-        states, one tuple per layer, bottom first. dropout = (p, generator) while training only."""
+        states, one tuple per layer, bottom first. dropout = (p, generator) and weight_drop = (p, generator)
+        (DropConnect on each layer's W: `recurrent.drop_weights`) while training only."""
         assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
         x = F.embedding(ids.t(), self.E)  # x_t = E[id_t], time-major   (T, B, D)
-        out, finals = unroll_layers(self.cells, x, states, None, backward or self.backward,
-                                    dropout_between=dropout, batch_first=False, engine=self.engine)  # top s_t (T, B, H)
+        out, finals = unroll_layers(self.cells, x, states, None, backward or self.backward, dropout_between=dropout,
+                                    batch_first=False, engine=self.engine, weight_drop=weight_drop)  # top s_t
         if dropout is not None:
             out = _dropout(out, *dropout)  # the top layer's outputs too, as torch-rnn does
         T, B, H = out.shape
@@ -269,8 +271,8 @@ class LMTask:
         states = run.progress["carry"]
         if states is not None:
             states = [tuple(s.to(c.device)[mine] for s in state) for state in states]
-        drop = (c.dropout, step_generator(c.seed, epoch, step, team.rank)) if c.dropout else None
-        logits, finals = run.model(x, states, dropout=drop)  # forward   (T, B, V)
+        drop, weight_drop = masks(c, epoch, step, team.rank)
+        logits, finals = run.model(x, states, dropout=drop, weight_drop=weight_drop)  # forward   (T, B, V)
         logits, y = logits.reshape(-1, logits.shape[-1]), y.t().reshape(-1)
         loss = F.cross_entropy(logits, y)  # mean over the chunk's T*B next tokens
         loss.backward()  # backward: the hand BPTT (or autograd) inside the chunk only

@@ -120,14 +120,16 @@ class Classifier(Parameters):
         return ids if self.E is None else F.embedding(ids, self.E)
 
     def states(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, backward: str | None = None,
-               dropout: tuple[float, torch.Generator] | None = None):
+               dropout: tuple[float, torch.Generator] | None = None,
+               weight_drop: tuple[float, torch.Generator] | None = None):
         """The top layer's states: outputs (T, B, H) (zero past each length) and its final state tuple.
-        With dropout = (p, generator), the embeddings and each layer's outputs but the top's are dropped."""
+        With dropout = (p, generator), the embeddings and each layer's outputs but the top's are dropped;
+        with weight_drop = (p, generator), each layer's recurrent W (see `recurrent.drop_weights`)."""
         x = self.inputs(ids)
         if dropout is not None and self.E is not None:
             x = _dropout(x, *dropout)
         out, finals = unroll_layers(self.cells, x, None, lengths, backward or self.backward, dropout_between=dropout,
-                                    batch_first=False, engine=self.engine)
+                                    batch_first=False, engine=self.engine, weight_drop=weight_drop)
         return out, finals[-1]
 
     def logits(self, s_T: torch.Tensor) -> torch.Tensor:
@@ -135,14 +137,15 @@ class Classifier(Parameters):
         return torch.addmm(self.b_out, s_T, self.W_out.t())
 
     def __call__(self, ids: torch.Tensor, lengths: torch.Tensor | None = None,
-                 dropout: tuple[float, torch.Generator] | None = None) -> torch.Tensor:
+                 dropout: tuple[float, torch.Generator] | None = None,
+                 weight_drop: tuple[float, torch.Generator] | None = None) -> torch.Tensor:
         """logits (B, C) of each sentence, from s_T, its state at its last word.
 
         dropout = (p, generator), for training only: each embedding entry, each entry of the states a
         layer passes to the next (layers > 1) and each entry of s_T is zeroed with probability p and the
         rest scaled by 1 / (1 - p), with masks drawn from `generator` (so a run, and a resumed run, draws
-        the same masks)."""
-        _, state = self.states(ids, lengths, dropout=dropout)
+        the same masks). weight_drop = (p, generator): DropConnect on each layer's W, for training only."""
+        _, state = self.states(ids, lengths, dropout=dropout, weight_drop=weight_drop)
         s_T = state[0] if dropout is None else _dropout(state[0], *dropout)
         return self.logits(s_T)
 

@@ -46,6 +46,7 @@ Left out: bidirectional layers, `proj_size`, PackedSequence objects (pass length
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 
 import torch
@@ -137,17 +138,35 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tens
     return x * keep.to(x.device, x.dtype) / (1 - p)
 
 
+def drop_weights(cell: Cell, p: float, generator: torch.Generator) -> Cell:
+    """DropConnect on the recurrent weights (Wan et al. 2013; AWD-LSTM's weight drop, Merity et al. 2017):
+    a copy of `cell` whose W is W * m / (1 - p), m ~ Bernoulli(1 - p) for each entry of W, drawn once and
+    used at every time step and by every row of the batch. Dropout on s_{t-1} itself would disturb the
+    memory at each step; dropping weights regularises the recurrence and leaves s_t alone.
+
+    W * m / (1 - p) is an autograd expression, so the gradient reaching the weight is, by the chain rule,
+    dL/dW = dL/dW_eff * m / (1 - p): the hand BPTT (and the compiled loop) see W_eff as the cell's W and
+    need no change, and dropped entries get no gradient this step."""
+    dropped = copy.copy(cell)  # shares U, b and the rest; only W differs
+    dropped.W = dropout(cell.W, p, generator)
+    return dropped
+
+
 def unroll_layers(cells: list[Cell], x: torch.Tensor, states: list[State] | None = None,
                   lengths: torch.Tensor | None = None, backward: str = "autograd",
                   dropout_between: tuple[float, torch.Generator] | None = None,
-                  batch_first: bool = True, engine: str | None = None) -> tuple[torch.Tensor, list[State]]:
+                  batch_first: bool = True, engine: str | None = None,
+                  weight_drop: tuple[float, torch.Generator] | None = None) -> tuple[torch.Tensor, list[State]]:
     """Stacked layers, as torch.nn's num_layers: the outputs s^l_1..s^l_T of layer l are the inputs of
     layer l + 1, each layer one `unroll` (so with backward="manual" the hand BPTT runs layer by layer,
     top layer first). dropout_between = (p, generator) drops layer l's outputs before layer l + 1 reads
-    them (training only; not after the last layer, as torch.nn). Returns the top layer's outputs
+    them (training only; not after the last layer, as torch.nn). weight_drop = (p, generator) runs each
+    layer on `drop_weights(cell, p, generator)` (training only). Returns the top layer's outputs
     (T, B, H), time-major, and each layer's final state, bottom first."""
     finals = []
     for layer, cell in enumerate(cells):
+        if weight_drop is not None:
+            cell = drop_weights(cell, *weight_drop)  # this layer's W * m / (1 - p) for the whole chunk
         if layer > 0 and dropout_between is not None:
             x = dropout(x, *dropout_between)
         x, state = unroll(cell, x, None if states is None else states[layer], lengths, backward,

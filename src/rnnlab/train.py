@@ -76,6 +76,15 @@ def step_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Gen
     return torch.Generator().manual_seed(seed * 1_000_003 + rank if rank else seed)
 
 
+def masks(c: Config, epoch: int, step: int, rank: int = 0) -> tuple:
+    """A training step's (dropout, weight_drop) arguments: (p, generator) or None, both drawing from the
+    step's own generator (so a resumed run draws the same masks)."""
+    if not (c.dropout or c.weight_drop):
+        return None, None
+    g = step_generator(c.seed, epoch, step, rank)
+    return ((c.dropout, g) if c.dropout else None), ((c.weight_drop, g) if c.weight_drop else None)
+
+
 # -- the run: what every stage shares ------------------------------------------------------------------
 @dataclass
 class Run:
@@ -397,8 +406,8 @@ class ClassifierTask:
         """forward -> cross-entropy -> backward on one batch; (loss sum, correct, rows, nothing to carry)."""
         c = run.config
         x, lengths, y, rows = run.team.shard(self.epoch_batches[step], c.device)  # alone: the whole batch
-        drop = (c.dropout, step_generator(c.seed, epoch, step, run.team.rank)) if c.dropout else None
-        logits = run.model(x, lengths, dropout=drop)  # forward
+        drop, weight_drop = masks(c, epoch, step, run.team.rank)
+        logits = run.model(x, lengths, dropout=drop, weight_drop=weight_drop)  # forward
         loss = F.cross_entropy(logits, y)  # loss
         loss.backward()  # backward (autograd, or the hand BPTT inside the cell)
         loss_sum, correct, seen = run.team.sum_step(run.model.parameters(), loss, logits, y, rows)  # over ranks
