@@ -3,7 +3,7 @@
 The model (issue 13's, `Workload`'s defaults): embedding 64 -> 2 layers of LSTM 256 -> linear to the 65
 characters, seq-len 100, batch 64 (char-rnn batching: 64 carried streams), dropout 0.2 between the
 layers and before the output, Adam lr 2e-3 (constant), clip 5; --hidden, --batch, --dropout, --weight-drop,
---schedule, --warmup and --train-steps change it (benchmarks/lm_study.py measured what helps). rnnlab runs it with
+--lr, --schedule, --warmup and --train-steps change it (benchmarks/lm_study.py measured what helps). rnnlab runs it with
 the hand BPTT (backward="manual"); the baseline is
 
     nn.Embedding(65, 64) -> nn.LSTM(64, 256, num_layers=2, dropout=0.2) -> dropout -> nn.Linear(256, 65)
@@ -65,6 +65,7 @@ class Workload:
     warmup: int = 0
     steps: int | None = None  # --steps: the schedule's length, and a budget besides the minutes
     weight_drop: float = 0.0  # --weight-drop: DropConnect on each layer's recurrent weights (weight_hh)
+    random_offset: bool = False  # --random-offset: each epoch's streams start at a random offset (lm.epoch_offset)
 
 
 TINY = Workload(layers=2, hidden=16, embed=8, seq_len=10, batch=4)
@@ -94,7 +95,7 @@ def config_for(w: Workload, **kw) -> Config:
     return Config(task="lm", level="char", cell="lstm", layers=w.layers, hidden=w.hidden, embed_dim=w.embed,
                   seq_len=w.seq_len, batch_size=w.batch, dropout=w.dropout, optimizer="adam", lr=w.lr, clip=w.clip,
                   backward="manual", seed=w.seed, patience=None, schedule=w.schedule, warmup=w.warmup, steps=w.steps,
-                  weight_drop=w.weight_drop, **kw)
+                  weight_drop=w.weight_drop, random_offset=w.random_offset, **kw)
 
 
 def lr_factor(w: Workload):
@@ -113,7 +114,7 @@ def command(w: Workload, minutes: float) -> str:
             f"{w.dropout:g}" + (f" --weight-drop {w.weight_drop:g}" if w.weight_drop else "") +
             f" --lr {w.lr:g} --clip {w.clip:g}"
             + (f" --schedule {w.schedule}" if w.schedule != "constant" else "")
-            + (f" --warmup {w.warmup}" if w.warmup else "")
+            + (f" --warmup {w.warmup}" if w.warmup else "") + (" --random-offset" if w.random_offset else "")
             + " --epochs 1000 --patience 0" + (f" --steps {w.steps}" if w.steps else "") + f" --minutes {minutes:g}")
 
 
@@ -225,10 +226,10 @@ def train_torch(w: Workload, data: Path, minutes: float, log) -> dict:
     model = TorchLM(w, len(vocab))
     opt = torch.optim.Adam(model.parameters(), w.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(w))
-    s = lm.streams(train_ids, w.batch)
-    chunks = (s.shape[1] - 1) // w.seq_len
     start, step, history = time.perf_counter(), 0, []
     for epoch in range(1000):
+        s = lm.epoch_streams(train_ids, config, epoch)  # as train_lm cuts them (moved by --random-offset)
+        chunks = (s.shape[1] - 1) // w.seq_len
         t0, states, spent = time.perf_counter(), None, False
         for k in range(chunks):
             if time.perf_counter() - start >= 60 * minutes or (w.steps is not None and step >= w.steps):
@@ -266,6 +267,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, help="carried streams per step (default: Workload's)")
     p.add_argument("--dropout", type=float, help="dropout (default: Workload's)")
     p.add_argument("--weight-drop", type=float, help="DropConnect on the recurrent weights (default: Workload's)")
+    p.add_argument("--random-offset", action="store_true", default=None,
+                   help="each epoch's streams start at a random offset, as rnnlab train --random-offset")
+    p.add_argument("--lr", type=float, help="Adam's learning rate, the schedule's peak (default: Workload's)")
     p.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule (default: Workload's)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default: Workload's)")
     p.add_argument("--train-steps", type=int, help="--steps of the training run: the schedule's length and a budget "
@@ -281,7 +285,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     w = TINY if args.tiny else Workload()
     given = {"hidden": args.hidden, "batch": args.batch, "dropout": args.dropout, "schedule": args.schedule,
-             "warmup": args.warmup, "steps": args.train_steps, "weight_drop": args.weight_drop}
+             "warmup": args.warmup, "steps": args.train_steps, "weight_drop": args.weight_drop,
+             "lr": args.lr, "random_offset": args.random_offset}
     w = replace(w, **{k: v for k, v in given.items() if v is not None})
     minutes = 0.05 if args.tiny else args.minutes
     config = config_for(w)
@@ -350,6 +355,8 @@ def readme_section(r: dict) -> str:
     weight_drop = "" if not wl.weight_drop else (
         f"\nDropConnect {wl.weight_drop:g} on each layer's recurrent weights W (`--weight-drop`; the baseline runs"
         f"\n`nn.LSTM` on `weight_hh * m / (1 - p)` through `torch.func.functional_call`),")
+    if wl.random_offset:
+        weight_drop += "\neach epoch's streams cut from a random offset below the seq-len (`--random-offset`),"
     rows = [("rnnlab (hand BPTT)", ours), ("torch.nn + torch.optim", theirs)]
     table = "\n".join(f"| {name} | **{x['val_loss']:.3f}** | {x['val_loss'] / math.log(2):.3f} | {x['steps']:,} | "
                       f"{x['tokens_per_s']:,.0f} |" for name, x in rows)

@@ -7,7 +7,9 @@ validation loss, 1.463 nats/char, after ~7 minutes and then overfitted (train 1.
 - a cosine learning-rate decay over the run (`--schedule cosine --warmup 100`): the rate is small at the
   end, where the constant rate kept the weights bouncing;
 - more dropout (between the layers and before the output layer), against the overfitting;
-- a wider model (H = 384, 512), fewer steps in the same time, with more dropout.
+- a wider model (H = 384, 512, 640), fewer steps in the same time, with more dropout;
+- batch 32 (twice the optimiser steps at the same tokens/s), a higher peak rate (3e-3, 4e-3), and
+  DropConnect on the recurrent weights (`--weight-drop`) with less dropout.
 
 Each row's `--steps` is what 2 torch threads train in about 14 minutes here (whole training steps,
 validation included; measured 2026-12-01 with `bench_lm.throughput`: 46,900 tokens/s at H = 256,
@@ -54,6 +56,14 @@ ROWS = {
     "h640-d0.5-b32-cosine": "--hidden 640 --dropout 0.5 --batch-size 32 --schedule cosine --warmup 100 --steps 2600",
     "h640-d0.45-b32-lr0.003": "--hidden 640 --dropout 0.45 --batch-size 32 --schedule cosine --warmup 100 --steps 2600 "
                               "--lr 0.003",
+    "h640-d0.45-b32-lr0.004": "--hidden 640 --dropout 0.45 --batch-size 32 --schedule cosine --warmup 100 --steps 2600 "
+                              "--lr 0.004",
+    "h640-d0.4-wd0.2-b32-lr0.003": "--hidden 640 --dropout 0.4 --weight-drop 0.2 --batch-size 32 --schedule cosine "
+                                   "--warmup 100 --steps 2600 --lr 0.003",
+    "h640-d0.45-b32-lr0.003-offset": "--hidden 640 --dropout 0.45 --batch-size 32 --schedule cosine --warmup 100 "
+                                     "--steps 2600 --lr 0.003 --random-offset",
+    "h640-d0.45-b32-lr0.003-offset-2300": "--hidden 640 --dropout 0.45 --batch-size 32 --schedule cosine --warmup 100 "
+                                          "--steps 2300 --lr 0.003 --random-offset",
 }
 # the first README run (constant rate, dropout 0.2, 15 minutes on 2 threads; `bench_lm.py` before the study):
 # its history up to the study's steps at H = 256 is the table's first row
@@ -131,16 +141,16 @@ def collect(runs: Path) -> dict:
 def readme_section(r: dict) -> str:
     """The README's "What helped" table: the first run at the study's step budget, then each row."""
     f = r["first"]
-    lines = ["| hidden | dropout | batch | learning rate | steps | training loss (dropout on) | validation loss, "
-             "final | best (at step) |", "|---|---|---|---|---|---|---|---|",
-             f"| 256 | 0.2 | 64 | constant (the first run) | {f['steps']:,} | {f['train_loss']:.3f} | "
+    lines = ["| hidden | dropout | weight drop | batch | learning rate | steps | training loss (dropout on) | "
+             "validation loss, final | best (at step) |", "|---|---|---|---|---|---|---|---|---|",
+             f"| 256 | 0.2 | 0 | 64 | constant 0.002 (the first run) | {f['steps']:,} | {f['train_loss']:.3f} | "
              f"**{f['val_loss']:.3f}** | {f['best_val_loss']:.3f} ({f['best_step']:,}) |"]
     for row in r["rows"]:
-        c = row["config"]  # the run's own config.json
-        rate = f"{c['schedule']}, {c['warmup']} warm-up steps"
-        lines.append(f"| {c['hidden']} | {c['dropout']} | {c['batch_size']} | {rate} | {row['steps']:,} | "
-                     f"{row['train_loss']:.3f} | **{row['val_loss']:.3f}** | {row['best_val_loss']:.3f} "
-                     f"({row['best_step']:,}) |")
+        c = row["config"]  # the run's own config.json (runs made before --weight-drop existed had none: 0)
+        rate = f"{c['schedule']} from {c['lr']:g}, {c['warmup']} warm-up steps"
+        lines.append(f"| {c['hidden']} | {c['dropout']} | {c.get('weight_drop', 0):g} | {c['batch_size']} | {rate} | "
+                     f"{row['steps']:,} | {row['train_loss']:.3f} | **{row['val_loss']:.3f}** | "
+                     f"{row['best_val_loss']:.3f} ({row['best_step']:,}) |")
     best = min(r["rows"], key=lambda row: row["val_loss"])
     return (f"""### What helped
 
@@ -149,12 +159,13 @@ The first 15-minute run of issue 13's model (2 x LSTM 256, batch 64, dropout 0.2
 at step {f['best_step']:,} and rose after. `benchmarks/lm_study.py` trained variants of it, each one
 `rnnlab train` command (the first run's flags with these changed; `--steps` is what 2 threads train in
 about 14 minutes here, run on {r['threads']} thread each; the script's docstring has the throughput behind
-it). The first row is the first run's own history at the same step budget as the H = 256 row.
+it). The first row is the first run's own history at the same step budget as the H = 256 row. "weight
+drop" is `--weight-drop`, DropConnect on the recurrent weights (AWD-LSTM's); the learning rate is Adam's
+peak rate.
 
 """ + "\n".join(lines) + f"""
 
-Lowest final validation loss: hidden {best['config']['hidden']}, dropout \
-{best['config']['dropout']}, {best['val_loss']:.3f} nats/char. Rerun:
+Lowest final validation loss: {best['val_loss']:.3f} nats/char, with `{ROWS[best['name']]}`. Rerun:
 `python benchmarks/lm_study.py --run` (about 25 minutes per pair of rows), then
 `python benchmarks/lm_study.py --readme` prints this table from `benchmarks/results/lm_study.json`.
 """)

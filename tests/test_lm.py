@@ -77,6 +77,21 @@ def test_carrying_the_state_across_chunks_equals_one_long_unroll(cell, backward)
                 torch.testing.assert_close(sa, sb.detach(), rtol=0, atol=1e-12)
 
 
+def test_random_offsets_move_the_chunks_from_epoch_to_epoch():
+    """--random-offset: epoch e reads the streams of the text from offset o_e in [0, seq_len), drawn from
+    (seed, e) alone (a resumed run cuts the same streams); without it every epoch reads the same streams."""
+    ids = torch.arange(500)
+    plain, moved = tiny(), tiny(random_offset=True)
+    assert all(torch.equal(lm.epoch_streams(ids, plain, e), lm.streams(ids, plain.batch_size)) for e in range(5))
+    offsets = [lm.epoch_offset(moved, e) for e in range(20)]
+    assert all(0 <= o < moved.seq_len for o in offsets) and len(set(offsets)) > 3, offsets
+    assert offsets == [lm.epoch_offset(moved, e) for e in range(20)]  # from (seed, epoch) only
+    assert offsets != [lm.epoch_offset(tiny(random_offset=True, seed=6), e) for e in range(20)]
+    for e, o in enumerate(offsets[:5]):
+        s = lm.epoch_streams(ids, moved, e)
+        assert torch.equal(s, lm.streams(ids[o:], moved.batch_size)) and s[0, 0] == o
+
+
 def test_streams_are_consecutive_and_chunks_predict_the_next_token():
     ids = torch.arange(23)
     s = lm.streams(ids, 3)  # L = 22 // 3 = 7 targets per stream
@@ -93,7 +108,7 @@ def test_streams_are_consecutive_and_chunks_predict_the_next_token():
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lm")
-    config = tiny(schedule="cosine", warmup=3, weight_drop=0.2)
+    config = tiny(schedule="cosine", warmup=3, weight_drop=0.2, random_offset=True)
     return lm.train_lm(config, text_file(tmp), tmp / "a", log=quiet, plots=False)
 
 
@@ -114,7 +129,8 @@ def test_a_run_writes_history_in_nats_and_bits_and_its_checkpoints(uninterrupted
 def test_resume_after_an_interrupt_ends_with_the_same_weights(tmp_path, monkeypatch, uninterrupted):
     """Ctrl-C in the middle of epoch 2 (stream positions and carried states saved), then --resume: the
     weights, optimiser state and history equal the uninterrupted run's, bit for bit (dropout and
-    DropConnect masks included: both runs use --weight-drop 0.2)."""
+    DropConnect masks and the epochs' stream offsets included: both runs use --weight-drop 0.2 and
+    --random-offset)."""
     real_clip, calls = rnnlab_train.clip_grad_norm, []
 
     def interrupt_at_step_24(params, max_norm):
@@ -124,7 +140,7 @@ def test_resume_after_an_interrupt_ends_with_the_same_weights(tmp_path, monkeypa
         return real_clip(params, max_norm)
 
     monkeypatch.setattr(rnnlab_train, "clip_grad_norm", interrupt_at_step_24)
-    config, data = tiny(schedule="cosine", warmup=3, weight_drop=0.2), text_file(tmp_path)
+    config, data = tiny(schedule="cosine", warmup=3, weight_drop=0.2, random_offset=True), text_file(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         lm.train_lm(config, data, tmp_path / "b", log=quiet, plots=False)
     progress = checkpoint.read(tmp_path / "b", checkpoint.LAST)["progress"]

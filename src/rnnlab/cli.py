@@ -147,6 +147,9 @@ def _add_train(sub) -> None:
                    help="lm: model characters or words (default char)")
     p.add_argument("--seq-len", type=int, default=d.seq_len,
                    help=f"lm: tokens per chunk, the BPTT length (default {d.seq_len})")
+    p.add_argument("--random-offset", action="store_true",
+                   help="lm: each epoch cuts the streams from a random offset in [0, seq-len) of the text (drawn "
+                        "from seed and epoch), so chunk boundaries change from epoch to epoch")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"early-stopping patience in epochs; 0 never stops early (default {d.patience})")
     p.add_argument("--min-freq", type=int, default=d.min_freq,

@@ -50,6 +50,7 @@ class Config:
     task: str = "classify"  # 'classify' (labelled sentences) or 'lm' (predict the next token of a text)
     level: str = "char"  # lm tokens: 'char' (every character) or 'word' (the tokeniser, plus an end-of-line token)
     seq_len: int = 100  # lm: tokens per chunk, the length of truncated BPTT
+    random_offset: bool = False  # lm: each epoch cuts its streams from a random offset in [0, seq_len)
     seed: int = 0  # seeds the weights, the split and the batch order
     device: str = "cpu"  # 'cpu', 'cuda', 'cuda:1' or 'mps': where the tensors live (see check_device)
 

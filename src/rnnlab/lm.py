@@ -12,7 +12,10 @@ L = (N - 1) // B inputs (stream b reads tokens b*L .. b*L + L - 1 and predicts b
 its last token is a target only), and each stream is read in consecutive chunks
 of T = --seq-len tokens. The final state of one chunk is the initial state of the next, detached from
 the graph (truncated BPTT: context carries across chunks, gradients do not); states start at zero
-at each epoch. Dropout (--dropout p) drops the outputs of every layer before the next layer and
+at each epoch. With --random-offset, epoch e first drops its first o_e tokens, o_e drawn from
+(seed, e) in [0, T): the chunks' boundaries move from epoch to epoch, so the model does not see
+the same T-token windows, with the same carried context, every epoch (the aim of AWD-LSTM's random
+BPTT lengths). Dropout (--dropout p) drops the outputs of every layer before the next layer and
 before W_out, with masks from (seed, epoch, step), so a resumed run draws the same masks.
 
 Levels: `char` keeps every character of the text (newlines, case, punctuation, any UTF-8); its
@@ -47,7 +50,7 @@ from rnnlab.errors import UserError
 from rnnlab.model import Parameters
 from rnnlab.recurrent import dropout as _dropout
 from rnnlab.recurrent import unroll_layers
-from rnnlab.train import fit, masks, open_run, planned_steps, reload_best, write_history
+from rnnlab.train import epoch_generator, fit, masks, open_run, planned_steps, reload_best, write_history
 
 EOL = "<eol>"  # word level: the end of a line
 LN2 = math.log(2)
@@ -208,6 +211,19 @@ def streams(ids: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack([ids[b * L : b * L + L + 1] for b in range(n)])
 
 
+def epoch_offset(config: Config, epoch: int) -> int:
+    """Where epoch `epoch` starts cutting its streams: 0, or with --random-offset an offset in [0, seq_len)
+    drawn from (seed, epoch) only, so a resumed run cuts the same streams."""
+    if not config.random_offset:
+        return 0
+    return int(torch.randint(0, config.seq_len, (1,), generator=epoch_generator(config.seed, epoch)))
+
+
+def epoch_streams(ids: torch.Tensor, config: Config, epoch: int) -> torch.Tensor:
+    """The (batch_size, L + 1) streams epoch `epoch` reads: `streams` of the text from `epoch_offset` on."""
+    return streams(ids[epoch_offset(config, epoch):], config.batch_size)
+
+
 def chunk(s: torch.Tensor, k: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunk k of every stream: inputs (n, <=T) and their next tokens as targets (the last chunk may be short)."""
     end = min((k + 1) * T, s.shape[1] - 1)  # the stream's last token is a target only
@@ -235,7 +251,7 @@ def stream_loss(model: LanguageModel, ids: torch.Tensor, n: int, seq_len: int) -
 
 # -- training ---------------------------------------------------------------------------------------------------
 def _check_length(ids: torch.Tensor, config: Config, what: str, path) -> None:
-    need = config.batch_size * (config.seq_len + 1)
+    need = config.batch_size * (config.seq_len + 1) + (config.seq_len - 1 if config.random_offset else 0)
     if len(ids) < need:
         raise UserError(f"{what} has {len(ids)} tokens, shorter than one chunk of every stream: --batch-size "
                         f"{config.batch_size} x (--seq-len {config.seq_len} + 1) = {need}; give a longer text or "
@@ -250,14 +266,14 @@ class LMTask:
     val_ids: torch.Tensor
     test_ids: torch.Tensor | None
     vocab: object  # Chars or a word Vocab
-    train_streams: torch.Tensor | None = field(default=None, init=False)  # (B, L + 1), cut at the first epoch
+    train_streams: torch.Tensor | None = field(default=None, init=False)  # (B, L + 1), this epoch's
     epoch_start: float = field(default=0.0, init=False)  # for tokens/s
     epoch_tokens: int = field(default=0, init=False)
 
     def start_epoch(self, run, epoch: int, start: int) -> int:
         """Chunks per epoch; states start at zero at the epoch's first chunk."""
-        if self.train_streams is None:
-            self.train_streams = streams(self.train_ids, run.config.batch_size).to(run.config.device)
+        if self.train_streams is None or run.config.random_offset:  # cut once, or anew each epoch
+            self.train_streams = epoch_streams(self.train_ids, run.config, epoch).to(run.config.device)
         if start == 0:
             run.progress["carry"] = None
         self.epoch_start, self.epoch_tokens = time.perf_counter(), 0
