@@ -141,14 +141,16 @@ def collect(runs: Path) -> dict:
 def readme_section(r: dict) -> str:
     """The README's "What helped" table: the first run at the study's step budget, then each row."""
     f = r["first"]
-    lines = ["| hidden | dropout | weight drop | batch | learning rate | steps | training loss (dropout on) | "
-             "validation loss, final | best (at step) |", "|---|---|---|---|---|---|---|---|---|",
-             f"| 256 | 0.2 | 0 | 64 | constant 0.002 (the first run) | {f['steps']:,} | {f['train_loss']:.3f} | "
-             f"**{f['val_loss']:.3f}** | {f['best_val_loss']:.3f} ({f['best_step']:,}) |"]
+    lines = ["| hidden | dropout | weight drop | batch | stream offsets | learning rate | steps | training loss "
+             "(dropout on) | validation loss, final | best (at step) |", "|---|---|---|---|---|---|---|---|---|---|",
+             f"| 256 | 0.2 | 0 | 64 | fixed | constant 0.002 (the first run) | {f['steps']:,} | "
+             f"{f['train_loss']:.3f} | **{f['val_loss']:.3f}** | {f['best_val_loss']:.3f} ({f['best_step']:,}) |"]
     for row in r["rows"]:
         c = row["config"]  # the run's own config.json (runs made before --weight-drop existed had none: 0)
-        rate = f"{c['schedule']} from {c['lr']:g}, {c['warmup']} warm-up steps"
-        lines.append(f"| {c['hidden']} | {c['dropout']} | {c.get('weight_drop', 0):g} | {c['batch_size']} | {rate} | "
+        rate = f"{c['schedule']} from {c['lr']:g}, {c['warmup']} warm-up"
+        offsets = "random" if c.get("random_offset") else "fixed"
+        lines.append(f"| {c['hidden']} | {c['dropout']} | {c.get('weight_drop', 0):g} | {c['batch_size']} | "
+                     f"{offsets} | {rate} | "
                      f"{row['steps']:,} | {row['train_loss']:.3f} | **{row['val_loss']:.3f}** | "
                      f"{row['best_val_loss']:.3f} ({row['best_step']:,}) |")
     best = min(r["rows"], key=lambda row: row["val_loss"])
@@ -160,12 +162,15 @@ at step {f['best_step']:,} and rose after. `benchmarks/lm_study.py` trained vari
 `rnnlab train` command (the first run's flags with these changed; `--steps` is what 2 threads train in
 about 14 minutes here, run on {r['threads']} thread each; the script's docstring has the throughput behind
 it). The first row is the first run's own history at the same step budget as the H = 256 row. "weight
-drop" is `--weight-drop`, DropConnect on the recurrent weights (AWD-LSTM's); the learning rate is Adam's
-peak rate.
+drop" is `--weight-drop`, DropConnect on the recurrent weights (AWD-LSTM's); "random" stream offsets is
+`--random-offset` (each epoch's chunk boundaries moved); the learning rate is Adam's peak rate.
 
 """ + "\n".join(lines) + f"""
 
-Lowest final validation loss: {best['val_loss']:.3f} nats/char, with `{ROWS[best['name']]}`. Rerun:
+Lowest final validation loss: {best['val_loss']:.3f} nats/char, with `{ROWS[best['name']]}`, the
+settings of the 15-minute run above. A row ran on {r['threads']} thread and that run on 2: their products round
+differently, so the two runs of the same settings take different paths; the gap between their losses is the
+spread to expect between two runs. Rerun:
 `python benchmarks/lm_study.py --run` (about 25 minutes per pair of rows), then
 `python benchmarks/lm_study.py --readme` prints this table from `benchmarks/results/lm_study.json`.
 """)
