@@ -341,7 +341,8 @@ def readme_section(r: dict) -> str:
     elif ours["val_loss"] <= 1.42:
         target = f"met by rnnlab's final weights ({ours['val_loss']:.3f})"
     elif ours["best_val_loss"] <= 1.42:
-        target = f"met by rnnlab's best checkpoint ({ours['best_val_loss']:.3f}), not by its final weights"
+        target = (f"met by rnnlab's best checkpoint ({ours['best_val_loss']:.4f}, the `model.pt` that `rnnlab train` "
+                  f"keeps), not by its final weights ({ours['val_loss']:.4f})")
     else:
         target = "not met by these settings"
     schedule = "" if wl.schedule == "constant" else \

@@ -6,6 +6,7 @@ here (one long unroll, token-by-token softmax), with the tolerance stated at eac
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -19,6 +20,7 @@ import rnnlab.train as rnnlab_train
 from rnnlab import checkpoint, lm
 from rnnlab.config import Config
 from rnnlab.errors import UserError
+from rnnlab.optim import SGD, make_schedule
 from tests.conftest import REPO, SHARED_DATA, run_cli
 
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
@@ -90,6 +92,28 @@ def test_random_offsets_move_the_chunks_from_epoch_to_epoch():
     for e, o in enumerate(offsets[:5]):
         s = lm.epoch_streams(ids, moved, e)
         assert torch.equal(s, lm.streams(ids[o:], moved.batch_size)) and s[0, 0] == o
+
+
+def test_a_schedule_plans_the_steps_that_random_offsets_leave(tmp_path):
+    """With --random-offset an epoch can read one chunk fewer; the schedule plans for the epochs' own
+    counts, so a cosine schedule sized by --epochs ends where the run ends."""
+    config = tiny(random_offset=True, epochs=6, schedule="cosine", dropout=0.0)
+    for n in range(480, 640):  # a text whose training split gives epochs of two lengths with these offsets
+        path = text_file(tmp_path, (TEXT * 2)[:n])
+        train_ids = lm.load_splits(config, path)[1]
+        per_epoch = [lm.chunks_per_epoch(len(train_ids), config, e) for e in range(config.epochs)]
+        if len(set(per_epoch)) == 2:
+            break
+    assert len(set(per_epoch)) == 2, f"no text length here gives epochs of two lengths: {per_epoch}"
+    result = lm.train_lm(config, path, tmp_path / "run", log=quiet, plots=False)
+    assert [r["step"] for r in result.history] == list(itertools.accumulate(per_epoch))
+    # the rate of the last step is the schedule's at step total - 1 of exactly the steps run (planning for
+    # more, as one count for every epoch did, leaves it higher)
+    total = sum(per_epoch)
+    planned = make_schedule("cosine", SGD([torch.zeros(1)], lr=config.lr), total, config.warmup)
+    assert result.history[-1]["lr"] == pytest.approx(planned.lr_at(total - 1), rel=1e-12)
+    more = make_schedule("cosine", SGD([torch.zeros(1)], lr=config.lr), total + 1, config.warmup)
+    assert result.history[-1]["lr"] != pytest.approx(more.lr_at(total - 1), rel=1e-3)
 
 
 def test_streams_are_consecutive_and_chunks_predict_the_next_token():
@@ -396,6 +420,7 @@ def test_readme_study_table_is_the_stored_output_of_its_runs():
     for r in stored["rows"]:
         assert r["command"] == study.command(r["name"])
         assert study.differences(r["config"], study.config_of(r["command"])) == {}
+        assert not set(r["config"]) - set(study.config_of(r["command"])), "a stored field the command does not have"
         assert r["val_loss"] == r["history"][-1]["val_loss"] and r["steps"] == r["history"][-1]["step"]
         assert r["best_val_loss"] == min(h["val_loss"] for h in r["history"])
     first = json.loads(study.FIRST.read_text())  # the first run's row: its stored history at the same step

@@ -80,7 +80,44 @@ def test_no_weight_masks_without_weight_drop():
     drop, weight_drop = masks(Config(dropout=0.2, weight_drop=0.3), 1, 5)
     assert weight_drop[0] == 0.3 and drop[1] is weight_drop[1]
     a, b = masks(Config(weight_drop=0.3), 1, 5)[1][1], masks(Config(weight_drop=0.3), 1, 5)[1][1]
-    assert torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b)), "a step's masks depend on the step"
+    assert torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b)), "the same step, the same masks"
+    c = masks(Config(weight_drop=0.3), 1, 6)[1][1]
+    assert not torch.equal(torch.rand(8, generator=masks(Config(weight_drop=0.3), 1, 5)[1][1]),
+                           torch.rand(8, generator=c)), "the next step draws other masks"
+
+
+@pytest.mark.parametrize("task", ["classify", "lm"])
+def test_the_training_step_uses_it(task, tmp_path, monkeypatch):
+    """Each task's training step runs its layers on dropped weights, once per layer and step, and only
+    with --weight-drop > 0 (validation never does)."""
+    from rnnlab import recurrent
+    from tests.test_lm import text_file, tiny
+    from tests.test_train import sentiment_tsv
+    from tests.test_train import tiny as tiny_classifier
+
+    calls = []
+    real = recurrent.drop_weights
+
+    def counted(cell, p, generator):
+        calls.append(p)
+        return real(cell, p, generator)
+
+    monkeypatch.setattr(recurrent, "drop_weights", counted)
+    for p in (0.0, 0.3):
+        calls.clear()
+        if task == "lm":
+            from rnnlab import lm
+
+            result = lm.train_lm(tiny(weight_drop=p, epochs=1), text_file(tmp_path), tmp_path / f"lm{p}", log=print,
+                                 plots=False)
+        else:
+            from rnnlab.train import train
+
+            result = train(tiny_classifier(weight_drop=p, epochs=1, layers=2), sentiment_tsv(tmp_path),
+                           tmp_path / f"c{p}", log=print, plots=False, progress=False)
+        assert (calls == []) if p == 0 else (len(calls) > 0 and set(calls) == {0.3}), calls
+        if p and task == "lm":
+            assert len(calls) == 2 * result.history[-1]["step"]  # two layers, every training step
 
 
 def test_the_flag_trains_a_classifier_and_a_bad_value_is_one_line(tmp_path, capsys):

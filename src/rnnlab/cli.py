@@ -118,8 +118,8 @@ def _add_train(sub) -> None:
     p.add_argument("--dropout", type=float, default=d.dropout,
                    help="dropout on the embeddings, between layers and on s_T while training (default 0)")
     p.add_argument("--weight-drop", type=float, default=d.weight_drop,
-                   help="DropConnect on each layer's recurrent weights W while training: one mask per step, shared "
-                        "by every time step (AWD-LSTM's weight drop) (default 0)")
+                   help="DropConnect on each layer's recurrent weights W while training: one mask per step (and "
+                        "process), shared by every time step (AWD-LSTM's weight drop) (default 0)")
     p.add_argument("--backward", choices=choices.BACKWARDS, default=d.backward,
                    help=f"autograd, or manual (hand-written BPTT) (default {d.backward})")
     p.add_argument("--engine", choices=choices.ENGINES, default=None,

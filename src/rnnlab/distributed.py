@@ -31,7 +31,9 @@ buffer, so the logged training loss and accuracy are those of the whole batch.
   0 between steps, so last.pt holds the end of the last finished epoch. (torchrun itself also stops the
   remaining workers as soon as one fails.)
 - Dropout: each rank draws its masks from (seed, epoch, step, rank), so with dropout > 0 the masks
-  differ from one process's and equality with it is promised for dropout 0 only.
+  differ from one process's and equality with it is promised for dropout 0 only. The same holds for
+  --weight-drop: each rank drops its own entries of W for its shard of the batch (as data-parallel
+  replicas of AWD-LSTM's WeightDrop do), so equality needs --weight-drop 0 too.
 - The batches do not depend on W, so a run stopped and --resumed with another number of processes goes
   on along the same trajectory.
 

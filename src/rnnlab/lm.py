@@ -219,6 +219,12 @@ def epoch_offset(config: Config, epoch: int) -> int:
     return int(torch.randint(0, config.seq_len, (1,), generator=epoch_generator(config.seed, epoch)))
 
 
+def chunks_per_epoch(n_tokens: int, config: Config, epoch: int) -> int:
+    """The whole chunks epoch `epoch` reads from a text of n_tokens (as `epoch_streams` cuts it): with
+    --random-offset it can be one fewer in an epoch whose offset shortens the streams."""
+    return ((n_tokens - 1 - epoch_offset(config, epoch)) // config.batch_size) // config.seq_len
+
+
 def epoch_streams(ids: torch.Tensor, config: Config, epoch: int) -> torch.Tensor:
     """The (batch_size, L + 1) streams epoch `epoch` reads: `streams` of the text from `epoch_offset` on."""
     return streams(ids[epoch_offset(config, epoch):], config.batch_size)
@@ -253,9 +259,10 @@ def stream_loss(model: LanguageModel, ids: torch.Tensor, n: int, seq_len: int) -
 def _check_length(ids: torch.Tensor, config: Config, what: str, path) -> None:
     need = config.batch_size * (config.seq_len + 1) + (config.seq_len - 1 if config.random_offset else 0)
     if len(ids) < need:
+        offset = f" + (--seq-len - 1 = {config.seq_len - 1}) for --random-offset" if config.random_offset else ""
         raise UserError(f"{what} has {len(ids)} tokens, shorter than one chunk of every stream: --batch-size "
-                        f"{config.batch_size} x (--seq-len {config.seq_len} + 1) = {need}; give a longer text or "
-                        "lower --batch-size / --seq-len", path=path)
+                        f"{config.batch_size} x (--seq-len {config.seq_len} + 1){offset} = {need}; give a longer "
+                        "text or lower --batch-size / --seq-len", path=path)
 
 
 @dataclass
@@ -410,10 +417,11 @@ def train_lm(config: Config, data, out_dir, *, val_data=None, test_data=None, re
     vocab, train_ids, val_ids, test_ids = load_splits(config, data, val_data, test_data)
     task = LMTask(train_ids, val_ids, test_ids, vocab)
     model = make_model(config, len(vocab))
-    chunks = ((len(train_ids) - 1) // config.batch_size) // config.seq_len  # as `streams` cuts
+    per_epoch = [chunks_per_epoch(len(train_ids), config, e) for e in range(config.epochs)]  # as `streams` cuts
+    chunks = f"{min(per_epoch)}" if min(per_epoch) == max(per_epoch) else f"{min(per_epoch)}-{max(per_epoch)}"
     run = open_run(config, out_dir, model, {"vocab": vocab, "label_names": []}, resume=resume,
                    fresh={"carry": None}, team=team, log=log, progress=progress,
-                   total_steps=planned_steps(config, chunks))
+                   total_steps=planned_steps(config, per_epoch))
     run.log(f"{config.level} level  train {len(train_ids):,} tokens  val {len(val_ids):,}  test "
             f"{len(test_ids) if test_ids is not None else 0:,}  vocab {len(vocab)}  {config.layers} x {config.cell} "
             f"{config.hidden}  parameters {model.num_parameters():,}  {chunks} steps per epoch  -> {run.out}")

@@ -141,7 +141,8 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tens
 def drop_weights(cell: Cell, p: float, generator: torch.Generator) -> Cell:
     """DropConnect on the recurrent weights (Wan et al. 2013; AWD-LSTM's weight drop, Merity et al. 2017):
     a copy of `cell` whose W is W * m / (1 - p), m ~ Bernoulli(1 - p) for each entry of W, drawn once and
-    used at every time step and by every row of the batch. Dropout on s_{t-1} itself would disturb the
+    used at every time step and by every row of the batch (of this process: under torchrun each rank
+    draws its own, see distributed.py). Dropout on s_{t-1} itself would disturb the
     memory at each step; dropping weights regularises the recurrence and leaves s_t alone.
 
     W * m / (1 - p) is an autograd expression, so the gradient reaching the weight is, by the chain rule,

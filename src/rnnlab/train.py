@@ -127,10 +127,11 @@ class Run:
                (c.minutes is not None and self.seconds() >= 60 * c.minutes)
 
 
-def planned_steps(config: Config, steps_per_epoch: int) -> int:
+def planned_steps(config: Config, steps_per_epoch: int | list[int]) -> int:
     """The optimiser steps a schedule plans for: --epochs' worth, or --steps if that is fewer (--minutes
-    cannot be known in advance: a run it stops ends before its schedule does)."""
-    total = config.epochs * steps_per_epoch
+    cannot be known in advance: a run it stops ends before its schedule does). steps_per_epoch: one
+    number for every epoch, or each epoch's own (the language model's --random-offset)."""
+    total = config.epochs * steps_per_epoch if isinstance(steps_per_epoch, int) else sum(steps_per_epoch)
     return total if config.steps is None else min(config.steps, total)
 
 
