@@ -353,11 +353,11 @@ def readme_section(r: dict) -> str:
              1: f"{overfit[0] if overfit else ''} final loss is above its best by more than 0.005 (overfitting)",
              2: f"both models overfit later with dropout {w['dropout']:g}"}[len(overfit)]
     fence = "```"
-    weight_drop = "" if not wl.weight_drop else (
+    extras = "" if not wl.weight_drop else (
         f"\nDropConnect {wl.weight_drop:g} on each layer's recurrent weights W (`--weight-drop`; the baseline runs"
         f"\n`nn.LSTM` on `weight_hh * m / (1 - p)` through `torch.func.functional_call`),")
     if wl.random_offset:
-        weight_drop += "\neach epoch's streams cut from a random offset below the seq-len (`--random-offset`),"
+        extras += "\neach epoch's streams cut from a random offset below the seq-len (`--random-offset`),"
     rows = [("rnnlab (hand BPTT)", ours), ("torch.nn + torch.optim", theirs)]
     table = "\n".join(f"| {name} | **{x['val_loss']:.3f}** | {x['val_loss'] / math.log(2):.3f} | {x['steps']:,} | "
                       f"{x['tokens_per_s']:,.0f} |" for name, x in rows)
@@ -365,7 +365,7 @@ def readme_section(r: dict) -> str:
 
 A character-level language model of Tiny Shakespeare (`../shared/data/tinyshakespeare/input.txt`, the
 last 10% held out for validation): {w['layers']} layers of LSTM {w['hidden']}, embedding {w['embed']},
-seq-len {w['seq_len']}, batch {w['batch']} carried streams (char-rnn batching), dropout {w['dropout']:g},{weight_drop}
+seq-len {w['seq_len']}, batch {w['batch']} carried streams (char-rnn batching), dropout {w['dropout']:g},{extras}
 Adam {w['lr']:g}{schedule}, clip {w['clip']:g}:
 
 {fence}

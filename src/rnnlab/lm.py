@@ -273,14 +273,13 @@ class LMTask:
     val_ids: torch.Tensor
     test_ids: torch.Tensor | None
     vocab: object  # Chars or a word Vocab
-    train_streams: torch.Tensor | None = field(default=None, init=False)  # (B, L + 1), this epoch's
+    train_streams: torch.Tensor | None = field(default=None, init=False)  # (B, L + 1), this epoch's (epoch_streams)
     epoch_start: float = field(default=0.0, init=False)  # for tokens/s
     epoch_tokens: int = field(default=0, init=False)
 
     def start_epoch(self, run, epoch: int, start: int) -> int:
         """Chunks per epoch; states start at zero at the epoch's first chunk."""
-        if self.train_streams is None or run.config.random_offset:  # cut once, or anew each epoch
-            self.train_streams = epoch_streams(self.train_ids, run.config, epoch).to(run.config.device)
+        self.train_streams = epoch_streams(self.train_ids, run.config, epoch).to(run.config.device)
         if start == 0:
             run.progress["carry"] = None
         self.epoch_start, self.epoch_tokens = time.perf_counter(), 0
