@@ -174,43 +174,57 @@ def test_a_run_records_its_engine_and_resumes_on_another(compiled, tmp_path):
         train(tiny(epochs=1, engine="compiled", hidden=9), data, out, resume=True, log=quiet, plots=False)
 
 
-@pytest.mark.parametrize("kind,H", [("rnn", 256), ("lstm", 128), ("gru", 128), ("gru", 160)])
-def test_compiled_equals_python_float32_through_onednn(compiled, kind, H):
-    """Sizes where each step's product goes to oneDNN (rnnlab.gemm's rule for the compiled loop:
-    B H G H >= MIN_MACS_STEP = 2^21 multiply-adds; the GRU at H = 128 is 3 * 2^20), with the weight
-    reordered once for it."""
+@pytest.mark.parametrize("kind,H", [("rnn", 256), ("lstm", 128), ("gru", 160), ("lstm", 512)])
+def test_compiled_equals_python_float32_at_training_sizes(compiled, kind, H):
+    """B = 64 at training sizes: the micro-GEMM over many panels of columns and a partial one (GRU 160:
+    G*H = 480), and the LSTM at H = 512, whose step products go to oneDNN (gemm.MIN_MACS_STEP) with the
+    weight reordered once for it."""
     from rnnlab.gemm import _onednn_works
-    from rnnlab.recurrent import STEP_ONEDNN, _step_path
+    from rnnlab.recurrent import STEP_MICRO, STEP_ONEDNN, _step_path
 
-    assert (_step_path(make_cell(kind, 8, H), 64) == STEP_ONEDNN) == _onednn_works()  # reaches oneDNN where it works
+    want = STEP_ONEDNN if H == 512 and _onednn_works() else STEP_MICRO
+    assert _step_path(make_cell(kind, 8, H), 64) == want
     check_same(kind, tol=1e-5, T=3, B=64, E=8, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=5,
                dtype=torch.float32)
 
 
-def test_the_step_product_calls_mkl_directly_where_torch_has_it(compiled):
-    """Small products go to MKL's sgemm_/dgemm_, found in torch's own library (no dispatcher per step);
-    oneDNN takes float32 from 2^21 multiply-adds on. PyPI's x86 torch is built on MKL and exports them."""
-    from rnnlab.recurrent import STEP_ATEN, STEP_BLAS, STEP_ONEDNN, _has_blas, _step_path
-
-    assert _has_blas(False) == _has_blas(True) == torch.backends.mkl.is_available()
-    direct = STEP_BLAS if torch.backends.mkl.is_available() else STEP_ATEN
-    for dtype in (torch.float32, torch.float64):
-        assert _step_path(make_cell("lstm", 8, 32, dtype=dtype), 64) == direct  # 2^18 multiply-adds
-        assert _step_path(make_cell("rnn", 8, 128, dtype=dtype), 64) == direct  # 2^20: oneDNN measured slower
-    big = _step_path(make_cell("gru", 8, 128, dtype=torch.float32), 64)  # 3 * 2^20
-    assert big == (STEP_ONEDNN if gemm._onednn_works() else direct)
-    assert _step_path(make_cell("gru", 8, 128, dtype=torch.float64), 64) == direct  # oneDNN: float32 only
-
-
-@pytest.mark.parametrize("path", ["aten", "blas", "onednn"])
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_every_step_product_path_equals_python(compiled, monkeypatch, kind, path):
-    """Each way the loop can make a step's product, forced at a small size: ATen's mm (the fallback where
-    torch exports no MKL gemm), MKL directly (float64 to 1e-12; y += x W^T on padded batches and in the
-    GRU's backward), oneDNN (float32)."""
+def test_compiled_all_steps_products_through_the_libraries_above_micro_max_macs(compiled, monkeypatch, kind):
+    """Input projection, dx and the weight gradients of more than MICRO_MAX_MACS multiply-adds go to
+    rnnlab.gemm (oneDNN / torch's BLAS) instead of the micro-GEMM: forced here at a small size."""
     from rnnlab import recurrent
 
-    code = {"aten": recurrent.STEP_ATEN, "blas": recurrent.STEP_BLAS, "onednn": recurrent.STEP_ONEDNN}[path]
+    monkeypatch.setattr(recurrent, "MICRO_MAX_MACS", 0)
+    for seed, dtype in enumerate((torch.float64, torch.float32)):
+        check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=5, B=6, E=4, H=19, ids=False,
+                   padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
+
+
+def test_the_step_product_is_the_micro_gemm_below_min_macs_step(compiled):
+    """The micro-GEMM makes every step's product below gemm.MIN_MACS_STEP multiply-adds and every float64
+    one; oneDNN takes float32 from there on. MKL's sgemm_/dgemm_ (for bench_step_gemm's comparison) are
+    found in torch's own library where it is built on MKL, as PyPI's x86 torch is."""
+    from rnnlab.recurrent import STEP_MICRO, STEP_ONEDNN, _has_blas, _step_path
+
+    assert _has_blas(False) == _has_blas(True) == torch.backends.mkl.is_available()
+    for dtype in (torch.float32, torch.float64):
+        assert _step_path(make_cell("lstm", 8, 32, dtype=dtype), 64) == STEP_MICRO  # 2^18 multiply-adds
+        assert _step_path(make_cell("rnn", 8, 512, dtype=dtype), 64) == STEP_MICRO  # 2^24
+    assert _step_path(make_cell("gru", 8, 512, dtype=torch.float32), 64) == (
+        STEP_ONEDNN if gemm._onednn_works() else STEP_MICRO)  # 1.5 * 2^25
+    assert _step_path(make_cell("gru", 8, 512, dtype=torch.float64), 64) == STEP_MICRO  # oneDNN: float32 only
+
+
+@pytest.mark.parametrize("path", ["aten", "blas", "onednn", "micro"])
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_every_step_product_path_equals_python(compiled, monkeypatch, kind, path):
+    """Each way the loop can make a step's product, forced at a small size: its micro-GEMM, ATen's mm,
+    MKL directly (float64 to 1e-12; y += x W^T on padded batches and in the GRU's backward), oneDNN
+    (float32)."""
+    from rnnlab import recurrent
+
+    code = {"aten": recurrent.STEP_ATEN, "blas": recurrent.STEP_BLAS, "onednn": recurrent.STEP_ONEDNN,
+            "micro": recurrent.STEP_MICRO}[path]
     if path == "blas" and not recurrent._has_blas(True):
         pytest.skip("this torch exports no MKL gemm: the loop runs on ATen's mm, tested above")
     if path == "onednn" and not gemm._onednn_works():
@@ -220,6 +234,37 @@ def test_every_step_product_path_equals_python(compiled, monkeypatch, kind, path
     for seed, dtype in enumerate(dtypes):
         check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=5, B=6, E=4, H=19, ids=False,
                    padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_micro_gemm_equals_torch_mm(compiled, dtype, threads):
+    """The micro-GEMM's two entry points against torch.mm: a @ b (+ bias) and a^T @ b, random shapes that
+    cover whole and partial vectors and panels, row tiles and their remainders, operands with rows further
+    apart than their width (column slices), and, with 2 threads, the split over panels of large products.
+    float64 to 1e-12 of each product's scale; float32 to 1e-5."""
+    ops = engines.load()
+    g = torch.Generator().manual_seed(threads)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        shapes = [tuple(int(torch.randint(1, 70, (1,), generator=g)) for _ in range(3)) for _ in range(12)]
+        shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130)]  # the last: 2^22.6 multiply-adds, split over threads
+        for M, N, K in shapes:
+            a = torch.randn(M, K + 3, generator=g, dtype=dtype)[:, 1 : K + 1]  # rows K + 3 apart
+            b = torch.randn(K, N, generator=g, dtype=dtype)
+            bias = torch.randn(N, generator=g, dtype=dtype)
+            kept = bias.clone()
+            for got, want in ((ops.mm(a, b, None), a @ b), (ops.mm(a, b, bias), a @ b + bias),
+                              (ops.mm_tn(a.t().contiguous()[:, :M], b[:, :N]), a @ b)):
+                assert got.shape == want.shape
+                assert rel_err(got, want) <= tol, (M, N, K)
+            assert torch.equal(bias, kept)  # the bias is read, never written (M = 1 once aliased it)
+            at = torch.randn(K, M + 5, generator=g, dtype=dtype)[:, 2 : M + 2]  # a^T with rows M + 5 apart
+            assert rel_err(ops.mm_tn(at, b), at.t() @ b) <= tol, (M, N, K)
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])

@@ -115,7 +115,7 @@ def test_manual_bptt_at_a_size_that_uses_the_fast_product_matches_autograd(kind,
     monkeypatch.setattr(gemm, "_use_onednn", lambda x, w: calls.append(original(x, w)) or calls[-1])
     H = 256 if kind == "rnn" else 128
     g = torch.Generator().manual_seed(0)
-    layer = Recurrent(kind, 64, H, batch_first=True, generator=g)
+    layer = Recurrent(kind, 64, H, batch_first=True, generator=g, engine="python")  # the compiled engine: test_engine
     x = torch.randn(64, 12, 64, generator=g)
     lengths = torch.randint(1, 13, (64,), generator=g) if padded else None
     h0 = tuple(torch.randn(1, 64, H, generator=g) for _ in range(layer.cell.n_states))

@@ -26,12 +26,12 @@ MIN_MACS = 1 << 22  # below ~4M multiply-adds the call overhead outweighs the fa
 # beats copy + oneDNN for them up to ~2^24 multiply-adds (H = 64 with G = 3 gates: 286 us vs 250 us),
 # and loses from 2^25 on (H = 128, G = 1: 279 us vs 336 us).
 MIN_MACS_STRIDED = 1 << 25
-# The compiled loop's per-step product (csrc/loop.cpp) calls oneDNN from C++, without Python's overhead.
-# A whole compiled layer (B = 64, T = 32, one thread; `python benchmarks/bench_step_gemm.py --unroll`) ran
-# faster on oneDNN than on MKL from 3 * 2^20 multiply-adds per product (the GRU at H = 128: 1.18x, the
-# LSTM at 128: 1.19x, the RNN at 256: 1.14x) and slower at 2^20 (the RNN at H = 128: 0.84x, the LSTM
-# at 64: 0.96x), though a tight loop of the product alone has oneDNN 1.2x faster there already.
-MIN_MACS_STEP = 1 << 21
+# The compiled loop's per-step product (csrc/loop.cpp) is its own micro-GEMM, except for float32 products of
+# at least this many multiply-adds, which go to oneDNN (called from C++, the weight reordered once). A whole
+# training step (`rnnlab bench`'s, B = 64, T = 32, one thread, interleaved, 7 repeats) with oneDNN's step
+# product against the micro-GEMM's: LSTM at H = 512 (2^26) 1.05x, GRU at 512 (1.5 * 2^25) 1.04x, the RNN
+# at 512 (2^24) 1.00x; below that the micro-GEMM's product alone is 1.1-5x faster (no call cost).
+MIN_MACS_STEP = 1 << 25
 
 _onednn_ok: bool | None = None  # decided on first use
 _onednn_bw_ok: bool | None = None  # the backward-weights op of weight_grad, decided on first use

@@ -255,24 +255,66 @@ def _mask_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else mask[..., 0].contiguous().view(torch.uint8)
 
 
-STEP_ATEN, STEP_BLAS, STEP_ONEDNN = 0, 1, 2  # how the compiled loop makes a step's product (csrc/loop.cpp)
+STEP_ATEN, STEP_BLAS, STEP_ONEDNN, STEP_MICRO = 0, 1, 2, 3  # how the compiled loop makes a step's product (csrc/loop.cpp)
 
 
 def _step_path(cell: Cell, B: int) -> int:
     """How the compiled loop makes each step's product, forward (B, H) x (H, G*H) and backward
-    (B, G*H) x (G*H, H): oneDNN for float32 from gemm.MIN_MACS_STEP multiply-adds on (where it works),
-    else MKL's sgemm_/dgemm_ called directly (no dispatcher per step; found in torch's own library),
-    else ATen's mm. Measured per shape by benchmarks/bench_step_gemm.py."""
+    (B, G*H) x (G*H, H): its own register-blocked micro-GEMM (csrc/loop.cpp), except for float32
+    products of at least gemm.MIN_MACS_STEP multiply-adds, which go to oneDNN (where it works): there
+    its cache-blocked kernel beats the micro-GEMM and its ~9 us call no longer matters. Measured per shape
+    by benchmarks/bench_step_gemm.py, which also times MKL's sgemm_/dgemm_ called directly (STEP_BLAS)
+    and ATen's mm (STEP_ATEN), the paths kept for that comparison."""
     W = cell.W.detach()
     if W.dtype == torch.float32 and B * W.shape[0] * W.shape[1] >= gemm.MIN_MACS_STEP and gemm._onednn_works():
         return STEP_ONEDNN
-    return STEP_BLAS if _has_blas(W.dtype == torch.float64) else STEP_ATEN
+    return STEP_MICRO
 
 
 @functools.cache
 def _has_blas(f64: bool) -> bool:
     """Whether the compiled loop found MKL's gemm (dgemm_ for f64, else sgemm_) and it agreed with at::mm."""
     return bool(engines.load().has_blas(f64))
+
+
+# The all-steps products (input projection, dx, weight gradients) of more multiply-adds than this go to
+# the libraries (rnnlab.gemm: oneDNN where it works), whose cache blocking wins there; the micro-GEMM
+# streams its operands from memory once they outgrow the caches (measured, one thread: LSTM dW at H = 128,
+# 2^27 multiply-adds, 1.47 ms micro vs 2.11 ms; at H = 512, 2^31, 46.9 ms vs 20.1 ms).
+MICRO_MAX_MACS = 1 << 27
+
+
+def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
+    """`input_projection` with the compiled loop's micro-GEMM for vector inputs: (T, B, G*H), contiguous."""
+    T, B = x.shape[:2]
+    if x.dtype in (torch.int64, torch.int32) or T * B * cell.U.shape[0] * cell.U.shape[1] > MICRO_MAX_MACS:
+        return input_projection(cell, x).contiguous()
+    E = x.shape[2]
+    U = cell.U.detach()
+    b = None if cell.b is None else cell.b.detach()
+    return engines.load().mm(x.reshape(T * B, E), U.t().contiguous(), b).view(T, B, -1)  # x_t U^T + b
+
+
+def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: torch.Tensor | None) -> dict:
+    """`cell.weight_grads` with the compiled loop's micro-GEMM: dW = sum_t dgh_t^T s_{t-1}, and for vector
+    inputs dU = sum_t dp_t^T x_t, db = sum_t dp_t; it reads dp^T in place (no transposed copy). Products
+    of more than MICRO_MAX_MACS multiply-adds go to `cell.weight_grads` (oneDNN's backward-weights kernel
+    reads them from cache better there: LSTM at H = 512)."""
+    H, GH = cell.hidden_size, buf.dp.shape[-1]
+    dp = buf.dp.view(-1, GH)
+    if dp.shape[0] * GH * H > MICRO_MAX_MACS:
+        return cell.weight_grads(buf, h_prev, x)
+    mm_tn = engines.load().mm_tn
+    if cell.name == "gru":  # dgh = [dr, dz, dn * r]: its rz part is dp's, its n part is dgh_n
+        dgh_n = buf.dgh_n.view(-1, H)
+        grads = {"W": torch.cat((mm_tn(dp[:, : 2 * H], h_prev), mm_tn(dgh_n, h_prev))), "b_hn": dgh_n.sum(dim=0)}
+    else:
+        grads = {"W": mm_tn(dp, h_prev)}
+    if x is not None:
+        grads["U"] = mm_tn(dp, x)
+        if cell.b is not None:
+            grads["b"] = dp.sum(dim=0)
+    return grads
 
 
 def compiled_forward(cell: Cell, x: torch.Tensor, state: State, mask: torch.Tensor | None) -> dict:
@@ -283,7 +325,7 @@ def compiled_forward(cell: Cell, x: torch.Tensor, state: State, mask: torch.Tens
     ops = engines.load()
     T, B = x.shape[:2]
     H = cell.hidden_size
-    P = input_projection(cell, x).contiguous()  # U x_t + b, overwritten with the gates
+    P = compiled_input_projection(cell, x)  # U x_t + b, overwritten with the gates
     W, m, path = cell.W.detach(), _mask_bytes(mask), _step_path(cell, B)
     h = P.new_empty(T + 1, B, H)
     h[0] = state[0]
@@ -413,14 +455,16 @@ class _ManualBPTT(torch.autograd.Function):
         ids = x.dtype in (torch.int64, torch.int32)
         x2d = None if ids else x.reshape(T * B, x.shape[-1])  # time-major like dp
         # dW = sum_t dgh_t^T s_{t-1}; from vector inputs also dU = sum_t dp_t^T x_t and db = sum_t dp_t
-        grads = cell.weight_grads(buf, buf.h[:-1].reshape(-1, H), x2d)
+        compiled = ctx.engine == "compiled"
+        h_prev = buf.h[:-1].reshape(-1, H)  # s_0..s_{T-1}, time-major like dp
+        grads = compiled_weight_grads(cell, buf, h_prev, x2d) if compiled else cell.weight_grads(buf, h_prev, x2d)
         dx = None
         if ids:  # dU[:, id] += dp_t for each token id
             dU_t = dp.new_zeros(cell.input_size, GH).index_add_(0, x.reshape(-1), dp)
             grads["U"] = dU_t.t()
-        else:
-            if ctx.needs_input_grad[1]:
-                dx = linear(dp, U.t().contiguous()).view(T, B, -1)  # dx_t = U^T dp_t, time-major like x
+        elif ctx.needs_input_grad[1]:  # dx_t = U^T dp_t, time-major like x
+            micro = compiled and dp.shape[0] * U.shape[0] * U.shape[1] <= MICRO_MAX_MACS
+            dx = (engines.load().mm(dp, U.detach(), None) if micro else linear(dp, U.t().contiguous())).view(T, B, -1)
         if cell.b is not None and "b" not in grads:
             grads["b"] = dp.sum(dim=0)  # db = sum_t dp_t
         d_params = [grads.get(n) if p is not None else None for n, p in zip(cell.param_names, cell.parameters())]

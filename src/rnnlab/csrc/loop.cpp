@@ -19,6 +19,7 @@
 // are threaded; a thread hand-off per point-wise pass did not pay at B = 64).
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -84,17 +85,103 @@ const Blas& blas() {
 
 bool has_blas(at::ScalarType dtype) { return dtype == at::kDouble ? blas().d != nullptr : blas().s != nullptr; }
 
-// How a step's product is made, chosen per shape by recurrent.py (_step_path) from measurements
-// (benchmarks/bench_step_gemm.py): ATen's mm, MKL's gemm called directly (no dispatcher, and y += x w^T
-// in the same call), or oneDNN (faster kernel, ~9 us more per call).
-enum Path : int64_t { ATEN = 0, BLAS = 1, ONEDNN = 2 };
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// -- the micro-GEMM: C (+)= A B, register-blocked, written here --------------------------------------------
+// Every product of the compiled engine, unless told otherwise (see Path): each step's B x H x G*H product
+// and the all-steps products of the input projection, dx and the weight gradients. MKL takes a generic
+// code path on this AMD CPU (about half the core's peak) and oneDNN's call costs ~9 us; this kernel reaches
+// 100-140 GMAC/s on one core at every step shape measured (benchmarks/bench_step_gemm.py), with no call cost.
+//
+// A tile of MR rows x NV vectors of C lives in registers (AVX512: 8 x 2 x 16 floats = 16 of the 32 vector
+// registers); for each k it loads NV vectors of B's row k and broadcasts MR values of A's column k:
+//     C[i, j..j+NV*L) += A(i, k) * B[k, j..j+NV*L)       for i in the tile's rows, k = 0..K-1
+// A(i, k) = a[i * ai + k * ak], so A may be read row-major (x_t, ai = K) or transposed (dp^T: ai = 1, ak =
+// its row length), and no transposed copy is ever made. B's rows are contiguous, b + k * ldb.
+#ifdef CPU_CAPABILITY_AVX512
+constexpr int TILE_ROWS = 8;  // 32 vector registers: 16 accumulators
+#else
+constexpr int TILE_ROWS = 6;  // 16 vector registers (AVX2): 12 accumulators
+#endif
+
+template <typename T, int MR, int NV, bool PARTIAL>
+inline void tile(int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb, T* c, int64_t ldc,
+                 int64_t last, bool accumulate) {  // last: the lanes of the last vector that are inside C
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> s[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) s[r][v] = Vec<T>(T(0));
+  for (int64_t k = 0; k < K; ++k) {
+    const T* bk = b + k * ldb;
+    Vec<T> w[NV];
+    for (int v = 0; v < NV; ++v)
+      w[v] = PARTIAL && v == NV - 1 ? Vec<T>::loadu(bk + v * L, last) : Vec<T>::loadu(bk + v * L);
+    const T* x = a + k * ak;
+    for (int r = 0; r < MR; ++r) {
+      const Vec<T> xr(x[r * ai]);  // A(i, k), broadcast
+      for (int v = 0; v < NV; ++v) s[r][v] = at::vec::fmadd(xr, w[v], s[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      T* p = c + r * ldc + v * L;
+      const int64_t n = PARTIAL && v == NV - 1 ? last : L;
+      (accumulate ? s[r][v] + Vec<T>::loadu(p, n) : s[r][v]).store(p, n);
+    }
+}
+
+template <typename T, int NV, bool PARTIAL>
+void panel(int64_t M, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb, T* c, int64_t ldc,
+           int64_t last, bool acc) {  // all M rows of C against one panel of NV vectors of B's columns
+  constexpr int MR = NV == 2 ? TILE_ROWS : 12;
+  int64_t i = 0;
+  for (; i + MR <= M; i += MR) tile<T, MR, NV, PARTIAL>(K, a + i * ai, ai, ak, b, ldb, c + i * ldc, ldc, last, acc);
+  a += i * ai;
+  c += i * ldc;
+  switch (M - i) {  // the last rows, fewer than MR
+#define ROWS(n) case n: tile<T, n, NV, PARTIAL>(K, a, ai, ak, b, ldb, c, ldc, last, acc); break;
+    ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6) ROWS(7) ROWS(8) ROWS(9) ROWS(10) ROWS(11)
+#undef ROWS
+    default: break;
+  }
+}
+
+constexpr int64_t PARALLEL_MACS = int64_t(1) << 22;  // smaller products stay on one thread (a hand-off costs us)
+
+// C (M, N; rows ldc apart) = A B, or += with `acc`; A(i, k) = a[i * ai + k * ak]; B's row k = b + k * ldb.
+// Panels of 2 vectors of columns, one vector, then a partial one; threads over the panels for large products.
+template <typename T>
+void micro_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb, T* c,
+                int64_t ldc, bool acc) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t full = N / (2 * L), panels = (N + 2 * L - 1) / (2 * L);
+  auto run = [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t j = p * 2 * L, rest = N - j;
+      if (p < full) panel<T, 2, false>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, L, acc);
+      else if (rest > L) panel<T, 2, true>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, rest - L, acc);
+      else if (rest == L) panel<T, 1, false>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, L, acc);
+      else panel<T, 1, true>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, rest, acc);
+    }
+  };
+  if (M * N * K >= PARALLEL_MACS && panels > 1 && at::get_num_threads() > 1) at::parallel_for(0, panels, 1, run);
+  else run(0, panels);
+}
+
+// How a step's product is made, chosen by recurrent.py (_step_path): the micro-GEMM above (the default:
+// measured faster than both libraries at every step shape here, benchmarks/bench_step_gemm.py), or, to
+// compare with it, ATen's mm, MKL's gemm called directly (no dispatcher, y += x w^T in the same call), or
+// oneDNN (a faster kernel than MKL's here, ~9 us more per call).
+enum Path : int64_t { ATEN = 0, BLAS = 1, ONEDNN = 2, MICRO = 3 };
 
 // y = x @ w^T into `out` (B, N), x (B, K) contiguous, w (N, K). oneDNN's op returns a new tensor.
 struct Product {
-  Tensor w, w_t;
+  Tensor w, w_t, wt;  // wt = w^T contiguous (K, N): the micro-GEMM's B, its rows read whole
   int64_t path;
   Product(const Tensor& weight, int64_t path_) : w(weight.contiguous()), w_t(w.t()), path(path_) {
     TORCH_CHECK(path != BLAS || has_blas(w.scalar_type()), "rnnlab_loop: MKL's gemm is not available here");
+    if (path == MICRO) wt = w_t.contiguous();
     if (path == ONEDNN) {  // reorder the weight once into oneDNN's blocked layout, instead of at every step's call
       static auto reorder = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
       std::vector<c10::IValue> stack{w, c10::IValue()};
@@ -102,10 +189,19 @@ struct Product {
       w = stack[0].toTensor();
     }
   }
-  void gemm(const Tensor& x, Tensor& out, bool accumulate) const {  // out (+)= x @ w^T by MKL, rows contiguous
+  void gemm(const Tensor& x, Tensor& out, bool accumulate) const {  // out (+)= x @ w^T, rows contiguous
     TORCH_INTERNAL_ASSERT(x.is_contiguous() && out.is_contiguous());
-    if (w.scalar_type() == at::kDouble) blas_gemm<double>(blas().d, x, w, out, accumulate ? 1.0 : 0.0);
-    else blas_gemm<float>(blas().s, x, w, out, accumulate ? 1.0f : 0.0f);
+    if (path == MICRO) {
+      const int64_t B = x.size(0), K = x.size(1), N = out.size(1);
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "micro_gemm", [&] {
+        micro_gemm<scalar_t>(B, N, K, x.data_ptr<scalar_t>(), K, 1, wt.data_ptr<scalar_t>(), N, out.data_ptr<scalar_t>(),
+                             N, accumulate);
+      });
+    } else if (w.scalar_type() == at::kDouble) {
+      blas_gemm<double>(blas().d, x, w, out, accumulate ? 1.0 : 0.0);
+    } else {
+      blas_gemm<float>(blas().s, x, w, out, accumulate ? 1.0f : 0.0f);
+    }
   }
   // out = x @ w^T (returns the tensor holding the result: `out`, or oneDNN's new one)
   Tensor mul(const Tensor& x, Tensor& out) const {
@@ -116,19 +212,16 @@ struct Product {
       op.callBoxed(&stack);
       return stack[0].toTensor();
     }
-    if (path == BLAS) gemm(x, out, false); else at::mm_out(out, x, w_t);
+    if (path == BLAS || path == MICRO) gemm(x, out, false); else at::mm_out(out, x, w_t);
     return out;
   }
   // out += x @ w^T
   void add(const Tensor& x, Tensor& out) const {
     if (path == ONEDNN) out.add_(mul(x, out));
-    else if (path == BLAS) gemm(x, out, true);
+    else if (path == BLAS || path == MICRO) gemm(x, out, true);
     else out.addmm_(x, w_t);
   }
 };
-
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
 
 template <typename T>
 inline Vec<T> sigmoid(const Vec<T>& x) {  // sigma(x) = 1 / (1 + e^-x)
@@ -445,10 +538,44 @@ Tensor gru_backward(Tensor dP, Tensor h, Tensor ghn, Tensor W, Tensor dh, std::o
   return out;
 }
 
+// The all-steps products, by the micro-GEMM: a @ b (+ bias on every row), and a^T @ b. a and b: 2-D, unit
+// column stride (rows may be further apart, e.g. a column slice); bias (N) or none.
+void check_operands(const Tensor& a, const Tensor& b, int64_t k_a) {
+  auto unit = [](const Tensor& t) { return t.size(1) == 1 || t.stride(1) == 1; };  // a one-column stride is moot
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(k_a) == b.size(0) && unit(a) && unit(b) &&
+              a.scalar_type() == b.scalar_type() && a.device().is_cpu() && b.device().is_cpu(),
+              "rnnlab_loop: mm operands must be 2-D CPU matrices of one dtype with unit column stride");
+}
+
+Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b (K, N) [+ bias]
+  check_operands(a, b, 1);
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  Tensor c = at::empty({M, N}, a.options());
+  if (bias.has_value()) c.copy_(bias->expand({M, N}));  // a copy: expand(...).contiguous() can be bias itself
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm", [&] {
+    micro_gemm<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), a.stride(0), 1, b.data_ptr<scalar_t>(), b.stride(0),
+                         c.data_ptr<scalar_t>(), N, bias.has_value());
+  });
+  return c;
+}
+
+Tensor mm_tn_op(Tensor a, Tensor b) {  // a (K, M)^T @ b (K, N): the weight gradients sum_r dy_r^T x_r
+  check_operands(a, b, 0);
+  const int64_t K = a.size(0), M = a.size(1), N = b.size(1);
+  Tensor c = at::empty({M, N}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_tn", [&] {
+    micro_gemm<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), 1, a.stride(0), b.data_ptr<scalar_t>(), b.stride(0),
+                         c.data_ptr<scalar_t>(), N, false);
+  });
+  return c;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnlab_loop, m) {
   m.def("has_blas(bool f64) -> bool", &has_blas_op);
+  m.def("mm(Tensor a, Tensor b, Tensor? bias) -> Tensor", &mm_op);
+  m.def("mm_tn(Tensor a, Tensor b) -> Tensor", &mm_tn_op);
   m.def("rnn_forward(Tensor(a!) P, Tensor(b!) h, Tensor W, Tensor? mask, bool relu, int path) -> ()", &rnn_forward);
   m.def("rnn_backward(Tensor(a!) dP, Tensor h, Tensor W, Tensor(b!) dh, Tensor? d_out, Tensor? mask, bool relu, "
         "int path) -> Tensor", &rnn_backward);
