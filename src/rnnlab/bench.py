@@ -23,8 +23,9 @@ Also printed per row:
   `--no-memory` skips it);
 - the matmul-bound limit: the tokens/s the step would reach if it did nothing but its matrix
   products. Each distinct product shape is timed in a tight loop with the fastest product available
-  here (torch's BLAS or oneDNN, whichever is faster for that shape, operands laid out as each likes
-  best), times how often a training step uses it; `% limit` is the share of it a variant reaches.
+  here (torch's BLAS, oneDNN or the compiled engine's micro-GEMM, whichever is fastest for that shape,
+  operands laid out as each likes best), times how often a training step uses it; `% limit` is the
+  share of it a variant reaches.
 
 Examples:
     rnnlab bench                                  (every cell at H = 32, 128, 512, and the LM row)
@@ -269,13 +270,16 @@ def products(w: Workload) -> dict[tuple[int, int, int], int]:
 
 
 def _fastest_product_seconds(M: int, K: int, N: int, device, repeats: int) -> float:
-    """Seconds for one (M, K) x (K, N) float32 product with the fastest library here, timed in a tight loop."""
+    """Seconds for one (M, K) x (K, N) float32 product with the fastest kernel here (torch's BLAS, oneDNN,
+    or the compiled engine's micro-GEMM where it built), timed in a tight loop."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(M, K, generator=g).to(device), torch.randn(K, N, generator=g).to(device)
     b_rows = b.t().contiguous()  # (N, K): oneDNN's weight layout
     candidates = [lambda: torch.mm(a, b)]
     if device.type == "cpu" and _onednn_works():
         candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b_rows, None, "none", [], ""))
+    if device.type == "cpu" and engines.available():  # the compiled engine's own micro-GEMM (csrc/loop.cpp)
+        candidates.append(lambda: engines.load().mm(a, b, None))
     best = float("inf")
     reps = max(1, min(200, int(2e7 // (M * K * N) + 1)))  # ~tens of ms per timing
     with torch.no_grad():
