@@ -18,8 +18,9 @@ per round, so a change of load hits all of them) and the median round is reporte
 
 A tight loop flatters oneDNN: its ~9 us per call buys more there than inside the loop, where each product
 meets a point-wise pass between calls and oneDNN writes a fresh tensor each step. So `--unroll` times the
-thing itself: one compiled layer's forward + backward (B = 64, T = 32) with the product forced to each path;
-gemm.MIN_MACS_STEP, the rule of recurrent._step_path, is set from that table.
+thing itself: one compiled layer's forward + backward (B = 64, T = 32) with the product forced to each path,
+the loop's own micro-GEMM (csrc/loop.cpp, "micro") included; gemm.MIN_MACS_STEP, the rule of
+recurrent._step_path, is set from that table and from whole training steps (see gemm.py).
 
 Usage: python benchmarks/bench_step_gemm.py [--rounds 7] [--block-ms 20] [--hidden 32 128 512] [--unroll]
 The MKL symbols are looked up in torch's own libtorch_cpu (weak symbols; a method whose symbol is missing
@@ -186,7 +187,8 @@ def unroll_table(hidden: list[int], rounds: int, steps: int = 5) -> None:
     from rnnlab import recurrent
     from rnnlab.cells import make_cell
 
-    names = {recurrent.STEP_ATEN: "aten", recurrent.STEP_BLAS: "blas", recurrent.STEP_ONEDNN: "onednn"}
+    names = {recurrent.STEP_ATEN: "aten", recurrent.STEP_BLAS: "blas", recurrent.STEP_ONEDNN: "onednn",
+             recurrent.STEP_MICRO: "micro"}
     chosen = recurrent._step_path
     print("\nms per forward + backward of one layer, compiled loop, B = 64, T = 32, float32 (ratio: aten / path); "
           "'rule' is the path rnnlab chooses")
