@@ -109,11 +109,13 @@ constexpr int TILE_ROWS = 6;  // 16 vector registers (AVX2): 12 accumulators
 
 template <typename T, int MR, int NV, bool PARTIAL>
 inline void tile(int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb, T* c, int64_t ldc,
-                 int64_t last, bool accumulate) {  // last: the lanes of the last vector that are inside C
+                 const T* bias, int64_t last, bool accumulate) {  // last: the lanes of the last vector inside C
   constexpr int64_t L = Vec<T>::size();
   Vec<T> s[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) s[r][v] = Vec<T>(T(0));
+  for (int v = 0; v < NV; ++v) {  // every row starts from the bias (its columns of this panel), or zero
+    const Vec<T> start = bias ? Vec<T>::loadu(bias + v * L, PARTIAL && v == NV - 1 ? last : L) : Vec<T>(T(0));
+    for (int r = 0; r < MR; ++r) s[r][v] = start;
+  }
   for (int64_t k = 0; k < K; ++k) {
     const T* bk = b + k * ldb;
     Vec<T> w[NV];
@@ -135,14 +137,15 @@ inline void tile(int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int6
 
 template <typename T, int NV, bool PARTIAL>
 void panel(int64_t M, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb, T* c, int64_t ldc,
-           int64_t last, bool acc) {  // all M rows of C against one panel of NV vectors of B's columns
+           const T* bias, int64_t last, bool acc) {  // all M rows of C against one panel of NV vectors of columns
   constexpr int MR = NV == 2 ? TILE_ROWS : 12;
   int64_t i = 0;
-  for (; i + MR <= M; i += MR) tile<T, MR, NV, PARTIAL>(K, a + i * ai, ai, ak, b, ldb, c + i * ldc, ldc, last, acc);
+  for (; i + MR <= M; i += MR)
+    tile<T, MR, NV, PARTIAL>(K, a + i * ai, ai, ak, b, ldb, c + i * ldc, ldc, bias, last, acc);
   a += i * ai;
   c += i * ldc;
   switch (M - i) {  // the last rows, fewer than MR
-#define ROWS(n) case n: tile<T, n, NV, PARTIAL>(K, a, ai, ak, b, ldb, c, ldc, last, acc); break;
+#define ROWS(n) case n: tile<T, n, NV, PARTIAL>(K, a, ai, ak, b, ldb, c, ldc, bias, last, acc); break;
     ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6) ROWS(7) ROWS(8) ROWS(9) ROWS(10) ROWS(11)
 #undef ROWS
     default: break;
@@ -151,20 +154,22 @@ void panel(int64_t M, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b,
 
 constexpr int64_t PARALLEL_MACS = int64_t(1) << 22;  // smaller products stay on one thread (a hand-off costs us)
 
-// C (M, N; rows ldc apart) = A B, or += with `acc`; A(i, k) = a[i * ai + k * ak]; B's row k = b + k * ldb.
-// Panels of 2 vectors of columns, one vector, then a partial one; threads over the panels for large products.
+// C (M, N; rows ldc apart) = A B (+ bias on every row, if given), or C += A B with `acc`; A(i, k) =
+// a[i * ai + k * ak]; B's row k = b + k * ldb. Panels of 2 vectors of columns, one vector, then a partial
+// one; threads over the panels for large products.
 template <typename T>
 void micro_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb, T* c,
-                int64_t ldc, bool acc) {
+                int64_t ldc, bool acc, const T* bias = nullptr) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t full = N / (2 * L), panels = (N + 2 * L - 1) / (2 * L);
   auto run = [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t j = p * 2 * L, rest = N - j;
-      if (p < full) panel<T, 2, false>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, L, acc);
-      else if (rest > L) panel<T, 2, true>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, rest - L, acc);
-      else if (rest == L) panel<T, 1, false>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, L, acc);
-      else panel<T, 1, true>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, rest, acc);
+      const T* bj = bias ? bias + j : nullptr;
+      if (p < full) panel<T, 2, false>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, bj, L, acc);
+      else if (rest > L) panel<T, 2, true>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, bj, rest - L, acc);
+      else if (rest == L) panel<T, 1, false>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, bj, L, acc);
+      else panel<T, 1, true>(M, K, a, ai, ak, b + j, ldb, c + j, ldc, bj, rest, acc);
     }
   };
   if (M * N * K >= PARALLEL_MACS && panels > 1 && at::get_num_threads() > 1) at::parallel_for(0, panels, 1, run);
@@ -181,9 +186,15 @@ enum Path : int64_t { ATEN = 0, BLAS = 1, ONEDNN = 2, MICRO = 3 };
 struct Product {
   Tensor w, w_t, wt;  // wt = w^T contiguous (K, N): the micro-GEMM's B, its rows read whole
   int64_t path;
-  Product(const Tensor& weight, int64_t path_) : w(weight.contiguous()), w_t(w.t()), path(path_) {
+  // weight may be a transposed view (the backward's W^T): the micro-GEMM then reads W itself, uncopied
+  Product(const Tensor& weight, int64_t path_) : path(path_) {
+    if (path == MICRO) {
+      wt = weight.t().contiguous();
+      return;
+    }
+    w = weight.contiguous();
+    w_t = w.t();
     TORCH_CHECK(path != BLAS || has_blas(w.scalar_type()), "rnnlab_loop: MKL's gemm is not available here");
-    if (path == MICRO) wt = w_t.contiguous();
     if (path == ONEDNN) {  // reorder the weight once into oneDNN's blocked layout, instead of at every step's call
       static auto reorder = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
       std::vector<c10::IValue> stack{w, c10::IValue()};
@@ -199,7 +210,7 @@ struct Product {
         micro_gemm<scalar_t>(B, N, K, x.data_ptr<scalar_t>(), K, 1, wt.data_ptr<scalar_t>(), N, out.data_ptr<scalar_t>(),
                              N, accumulate);
       });
-    } else if (w.scalar_type() == at::kDouble) {
+    } else if (x.scalar_type() == at::kDouble) {
       blas_gemm<double>(blas().d, x, w, out, accumulate ? 1.0 : 0.0);
     } else {
       blas_gemm<float>(blas().s, x, w, out, accumulate ? 1.0f : 0.0f);
@@ -531,7 +542,7 @@ void rnn_forward(Tensor P, Tensor h, Tensor W, std::optional<Tensor> mask, bool 
 
 Tensor rnn_backward(Tensor dP, Tensor h, Tensor W, Tensor dh, std::optional<Tensor> d_out,
                     std::optional<Tensor> mask, bool relu, int64_t path) {
-  Product WTp(W.t().contiguous(), path);
+  Product WTp(W.t(), path);  // W^T, a view
   Tensor out;
   AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "rnn_backward", [&] {
     out = rnn_backward_impl<scalar_t>(dP, h, WTp, dh, opt(d_out), opt(mask), relu);
@@ -546,7 +557,7 @@ void lstm_forward(Tensor P, Tensor h, Tensor c, Tensor tc, Tensor W, std::option
 
 std::vector<Tensor> lstm_backward(Tensor dP, Tensor c, Tensor tc, Tensor W, Tensor dh, Tensor dc,
                                   std::optional<Tensor> d_out, std::optional<Tensor> mask, int64_t path) {
-  Product WTp(W.t().contiguous(), path);
+  Product WTp(W.t(), path);  // W^T, a view
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "lstm_backward", [&] {
     out = lstm_backward_impl<scalar_t>(dP, c, tc, WTp, dh, dc, opt(d_out), opt(mask));
@@ -562,7 +573,7 @@ void gru_forward(Tensor P, Tensor h, Tensor ghn, Tensor W, std::optional<Tensor>
 
 Tensor gru_backward(Tensor dP, Tensor h, Tensor ghn, Tensor W, Tensor dh, std::optional<Tensor> d_out,
                     std::optional<Tensor> mask, int64_t path) {
-  Product WTp(W.t().contiguous(), path);
+  Product WTp(W.t(), path);  // W^T, a view
   Tensor out;
   AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "gru_backward", [&] {
     out = gru_backward_impl<scalar_t>(dP, h, ghn, WTp, dh, opt(d_out), opt(mask));
@@ -582,11 +593,12 @@ void check_operands(const Tensor& a, const Tensor& b, int64_t k_a) {
 Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b (K, N) [+ bias]
   check_operands(a, b, 1);
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
-  Tensor c = at::empty({M, N}, a.options());
-  if (bias.has_value()) c.copy_(bias->expand({M, N}));  // a copy: expand(...).contiguous() can be bias itself
+  Tensor c = at::empty({M, N}, a.options()), bias_ = bias.has_value() ? bias->contiguous() : Tensor();
+  TORCH_CHECK(!bias_.defined() || (bias_.numel() == N && bias_.scalar_type() == a.scalar_type()),
+              "rnnlab_loop: mm's bias must have one value per column of the result");
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm", [&] {
     micro_gemm<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), a.stride(0), 1, b.data_ptr<scalar_t>(), b.stride(0),
-                         c.data_ptr<scalar_t>(), N, bias.has_value());
+                         c.data_ptr<scalar_t>(), N, false, bias_.defined() ? bias_.data_ptr<scalar_t>() : nullptr);
   });
   return c;
 }
