@@ -190,11 +190,13 @@ def test_compiled_equals_python_float32_at_training_sizes(compiled, kind, H):
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_compiled_all_steps_products_through_the_libraries_above_micro_max_macs(compiled, monkeypatch, kind):
-    """Input projection, dx and the weight gradients of more than MICRO_MAX_MACS multiply-adds go to
-    rnnlab.gemm (oneDNN / torch's BLAS) instead of the micro-GEMM: forced here at a small size."""
+    """Input projection and dx of more than MICRO_MAX_MACS multiply-adds, and weight gradients of more than
+    MICRO_MAX_MACS_GRAD, go to rnnlab.gemm (oneDNN / torch's BLAS) instead of the micro-GEMM: forced here
+    at a small size."""
     from rnnlab import recurrent
 
     monkeypatch.setattr(recurrent, "MICRO_MAX_MACS", 0)
+    monkeypatch.setattr(recurrent, "MICRO_MAX_MACS_GRAD", 0)
     for seed, dtype in enumerate((torch.float64, torch.float32)):
         check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=5, B=6, E=4, H=19, ids=False,
                    padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
@@ -241,7 +243,8 @@ def test_every_step_product_path_equals_python(compiled, monkeypatch, kind, path
 def test_micro_gemm_equals_torch_mm(compiled, dtype, threads):
     """The micro-GEMM's two entry points against torch.mm: a @ b (+ bias) and a^T @ b, random shapes that
     cover whole and partial vectors and panels, row tiles and their remainders, operands with rows further
-    apart than their width (column slices), and, with 2 threads, the split over panels of large products.
+    apart than their width (column slices), mm's blocks of rows and mm_tn's blocks of the summed rows, and,
+    with 2 threads, the split of large products.
     float64 to 1e-12 of each product's scale; float32 to 1e-5."""
     ops = engines.load()
     g = torch.Generator().manual_seed(threads)
@@ -250,7 +253,10 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, threads):
     torch.set_num_threads(threads)
     try:
         shapes = [tuple(int(torch.randint(1, 70, (1,), generator=g)) for _ in range(3)) for _ in range(12)]
-        shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130)]  # the last: 2^22.6 multiply-adds, split over threads
+        # (300, 160, 130): 2^22.6 multiply-adds, split over threads, mm in 13 blocks of rows; (40, 24, 3000):
+        # mm_tn's sum over 3000 rows in blocks that fit in L2 (1024 / 2048 rows for float64 / float32; 218 / 436
+        # for (200, 100, 3000))
+        shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130), (40, 24, 3000), (200, 100, 3000)]
         for M, N, K in shapes:
             a = torch.randn(M, K + 3, generator=g, dtype=dtype)[:, 1 : K + 1]  # rows K + 3 apart
             b = torch.randn(K, N, generator=g, dtype=dtype)

@@ -277,11 +277,15 @@ def _has_blas(f64: bool) -> bool:
     return bool(engines.load().has_blas(f64))
 
 
-# The all-steps products (input projection, dx, weight gradients) of more multiply-adds than this go to
-# the libraries (rnnlab.gemm: oneDNN where it works), whose cache blocking wins there; the micro-GEMM
-# streams its operands from memory once they outgrow the caches (measured, one thread: LSTM dW at H = 128,
-# 2^27 multiply-adds, 1.47 ms micro vs 2.11 ms; at H = 512, 2^31, 46.9 ms vs 20.1 ms).
+# The all-steps products of more multiply-adds than these go to the libraries (rnnlab.gemm: oneDNN where it
+# works), whose packed, cache-blocked kernels win there; the micro-GEMM does not pack its operands. Measured
+# on one thread, B*T = 2048 rows, ms micro / library: the input projection x U^T + b and dx = dp U
+# (MICRO_MAX_MACS): LSTM at H = 128 (2^27) 1.4 / 1.3 and 1.0 / 1.05, at H = 512 (2^31) 20 / 17 and 25 / 18;
+# the weight gradients dp^T s and dp^T x, summed in blocks of rows that fit in L2 (MICRO_MAX_MACS_GRAD):
+# LSTM at 128 1.07 / 1.60, RNN at 512 (2^29) 4.5 / 5.0, GRU at 512 (2^30, dW's r, z rows) 15.6 / 14.9,
+# LSTM at 512 (2^31) 23.7 / 20.4.
 MICRO_MAX_MACS = 1 << 27
+MICRO_MAX_MACS_GRAD = 1 << 29
 
 
 def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
@@ -298,11 +302,11 @@ def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
 def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: torch.Tensor | None) -> dict:
     """`cell.weight_grads` with the compiled loop's micro-GEMM: dW = sum_t dgh_t^T s_{t-1}, and for vector
     inputs dU = sum_t dp_t^T x_t, db = sum_t dp_t; it reads dp^T in place (no transposed copy). Products
-    of more than MICRO_MAX_MACS multiply-adds go to `cell.weight_grads` (oneDNN's backward-weights kernel
-    reads them from cache better there: LSTM at H = 512)."""
+    of more than MICRO_MAX_MACS_GRAD multiply-adds go to `cell.weight_grads` (oneDNN's backward-weights
+    kernel is faster there: LSTM at H = 512)."""
     H, GH = cell.hidden_size, buf.dp.shape[-1]
     dp = buf.dp.view(-1, GH)
-    if dp.shape[0] * GH * H > MICRO_MAX_MACS:
+    if dp.shape[0] * GH * max(H, cell.input_size if x is not None else 0) > MICRO_MAX_MACS_GRAD:
         return cell.weight_grads(buf, h_prev, x)
     mm_tn = engines.load().mm_tn
     if cell.name == "gru":  # dgh = [dr, dz, dn * r]: its rz part is dp's, its n part is dgh_n
