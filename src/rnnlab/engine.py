@@ -55,9 +55,17 @@ def _capability() -> str:
     return cap if cap in _FLAGS else "DEFAULT"
 
 
+def _cflags() -> list[str]:
+    """-O3, the CPU capability's vector flags, and OpenMP: ATen's at::parallel_for, which the micro-GEMM uses
+    for large products, is OpenMP pragmas in its header and runs serially without -fopenmp. The library
+    links the libgomp.so.1 that torch has already loaded (same soname), so there is one OpenMP runtime."""
+    cap = _capability()
+    return ["-O3", f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *_FLAGS.get(cap, []), "-fopenmp"]
+
+
 def cache_dir() -> Path:
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + f"{torch.__version__} {sys.version_info[:2]} {_capability()}".encode()).hexdigest()
+    key = hashlib.sha256(source + f"{torch.__version__} {sys.version_info[:2]} {_cflags()}".encode()).hexdigest()
     root = Path(os.environ.get("RNNLAB_CACHE", Path.home() / ".cache" / "rnnlab"))
     return root / f"loop-{key[:16]}"
 
@@ -99,10 +107,10 @@ def _build():
     folder.mkdir(parents=True, exist_ok=True)
     print("rnnlab: compiling the time loop (once, under a minute) into " + str(folder), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    cap = _capability()
-    flags = ["-O3", f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *_FLAGS.get(cap, [])]
+    flags = _cflags()
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    cpp_extension.load(name="rnnlab_loop", sources=[str(SOURCE)], extra_cflags=flags, build_directory=str(folder),
+    cpp_extension.load(name="rnnlab_loop", sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                       build_directory=str(folder),
                        is_python_module=False, verbose=False)
     print(f"rnnlab: compiled the time loop in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return torch.ops.rnnlab_loop
