@@ -334,3 +334,23 @@ def test_the_loops_float32_tanh_is_within_5_ulp_of_the_exact_tanh(compiled):
     assert bool(torch.isnan(ops.tanh(torch.full((17,), float("nan")))).all())
     x64 = torch.randn(1000, dtype=torch.float64) * 3
     assert rel_err(ops.tanh(x64), torch.tanh(x64)) <= 1e-15
+
+
+def test_the_loop_runs_parallel_work_on_torchs_threads_with_one_openmp_runtime(compiled):
+    """Built with -fopenmp, at::parallel_for in the loop (the micro-GEMM's split of large products) uses
+    torch.set_num_threads threads (without it the pragmas compile away and it ran on one); and the process
+    holds a single libgomp, torch's own (two OpenMP runtimes in one process oversubscribe the cores)."""
+    import re
+    from pathlib import Path
+
+    ops = engines.load()
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert ops.parallel_threads() == 2
+        torch.set_num_threads(1)
+        assert ops.parallel_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
+    gomps = set(re.findall(r"\S*libgomp\S*", Path("/proc/self/maps").read_text()))
+    assert len(gomps) <= 1, gomps

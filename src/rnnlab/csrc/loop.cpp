@@ -28,6 +28,7 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <optional>
 #include <vector>
 
@@ -642,6 +643,12 @@ Tensor tanh_op(Tensor x) {  // the loop's point-wise tanh, element by element, f
   return y;
 }
 
+int64_t parallel_threads_op() {  // how many threads at::parallel_for runs here (1 if built without OpenMP)
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, 64, 1, [&](int64_t, int64_t) { seen |= uint64_t(1) << (at::get_thread_num() % 64); });
+  return __builtin_popcountll(seen.load());
+}
+
 Tensor mm_tn_op(Tensor a, Tensor b) {  // a (K, M)^T @ b (K, N): the weight gradients sum_r dy_r^T x_r
   check_operands(a, b, 0);
   const int64_t K = a.size(0), M = a.size(1), N = b.size(1);
@@ -660,6 +667,7 @@ TORCH_LIBRARY(rnnlab_loop, m) {
   m.def("mm(Tensor a, Tensor b, Tensor? bias) -> Tensor", &mm_op);
   m.def("mm_tn(Tensor a, Tensor b) -> Tensor", &mm_tn_op);
   m.def("tanh(Tensor x) -> Tensor", &tanh_op);
+  m.def("parallel_threads() -> int", &parallel_threads_op);
   m.def("rnn_forward(Tensor(a!) P, Tensor(b!) h, Tensor W, Tensor? mask, bool relu, int path) -> ()", &rnn_forward);
   m.def("rnn_backward(Tensor(a!) dP, Tensor h, Tensor W, Tensor(b!) dh, Tensor? d_out, Tensor? mask, bool relu, "
         "int path) -> Tensor", &rnn_backward);
