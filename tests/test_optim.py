@@ -172,9 +172,21 @@ def test_zero_grad_zeroes_in_place_and_leaves_none_alone():
     a, b = torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)
     a.grad = torch.full((2,), 5.0)
     grad_tensor = a.grad
-    SGD([a, b], lr=0.1).zero_grad()
+    SGD([a, b], lr=0.1).zero_grad(set_to_none=False)
     assert a.grad is grad_tensor and torch.equal(a.grad, torch.zeros(2))
     assert b.grad is None
+
+
+def test_zero_grad_sets_gradients_to_none_by_default_as_torch_optim():
+    """The default is torch.optim's (set_to_none=True): same parameters, same gradients afterwards."""
+    ours, theirs = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    for p in (ours, theirs):
+        (p * 3).sum().backward()
+    SGD([ours], lr=0.1).zero_grad()
+    torch.optim.SGD([theirs], lr=0.1).zero_grad()
+    assert ours.grad is None and theirs.grad is None
+    (ours * 2).sum().backward()  # the next backward writes the gradient afresh
+    assert torch.equal(ours.grad, torch.full((2,), 2.0))
 
 
 # --- gradient clipping ---------------------------------------------------------------------------------

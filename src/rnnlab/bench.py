@@ -118,7 +118,7 @@ def build_torch(w: Workload, device):
 
     def step(ids, y):
         loss = loss_of(ids, y)
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad()  # torch.optim's default, set_to_none=True, as rnnlab's SGD
         loss.backward()
         opt.step()
         return loss

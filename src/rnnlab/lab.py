@@ -97,7 +97,7 @@ def train_lab_model(config: Config, log=print) -> tuple[Classifier, list[float]]
             total_loss += loss.item()
             loss.backward()
             optimizer.step()  # p -= lr * p.grad
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=False)  # p.grad.zero_(), as the handout
         loss_history.append(total_loss)
         if (epoch + 1) % 50 == 0:
             log(f"Epoch [{epoch + 1}/{config.epochs}] - Loss: {total_loss:.4f}")

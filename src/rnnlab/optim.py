@@ -74,10 +74,17 @@ class Optimizer:
         self.step_count = 0
         self.state: list[dict] = [{} for _ in self.params]
 
-    def zero_grad(self) -> None:
-        """Set every existing gradient to zero in place; a gradient that is None stays None."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the gradients before the next backward: set them to None (the default, as torch.optim's
+        since torch 2.0: the next backward writes each gradient as it is, with no zero-fill before it and
+        no addition into it), or, with set_to_none=False, zero every existing gradient in place (as the
+        lab handout's `p.grad.zero_()`). A gradient that is None stays None."""
         for p in self.params:
-            if p.grad is not None:
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
                 p.grad.zero_()
 
     def _with_grads(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
