@@ -314,7 +314,7 @@ def test_a_lock_left_by_a_killed_build_never_hangs(monkeypatch, tmp_path):
     assert loaded == [str(tmp_path / "rnnlab_loop.so")] and not (tmp_path / "lock").exists()
 
 
-def test_the_loops_float32_tanh_is_within_5_ulp_of_the_exact_tanh(compiled):
+def test_the_loops_float32_tanh_is_within_7_ulp_of_the_exact_tanh(compiled):
     """The compiled loop's float32 tanh is a rational approximation (csrc/loop.cpp, Eigen's): against tanh
     in float64, rounded, over 4M points of [-10, 10], 400k of either sign from 1e-30 to 10, and every
     97th float32 bit pattern; exact at 0 and -0, within 3e-7 of +-1 at +-inf, NaN stays NaN. float64 keeps
@@ -326,7 +326,7 @@ def test_the_loops_float32_tanh_is_within_5_ulp_of_the_exact_tanh(compiled):
     exact = torch.tanh(x.double())
     ulp = torch.nextafter(exact.float().abs(), torch.tensor(float("inf"))).double() - exact.float().abs().double()
     got = ops.tanh(x)
-    assert float(((got.double() - exact).abs() / ulp).max()) <= 5
+    assert float(((got.double() - exact).abs() / ulp).max()) <= 7  # measured 4.6 with FMA (AVX2, AVX-512), 6.6 without
     assert float(got.abs().max()) <= 1  # never past the asymptotes (it saturates at 1 - 4 ulp)
     special = ops.tanh(torch.tensor([0.0, -0.0, float("inf"), -float("inf")]))
     assert torch.equal(special[:2], torch.tensor([0.0, -0.0]))
