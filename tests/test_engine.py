@@ -184,8 +184,28 @@ def test_compiled_equals_python_float32_at_training_sizes(compiled, kind, H):
 
     want = STEP_ONEDNN if H == 512 and _onednn_works() else STEP_MICRO
     assert _step_path(make_cell(kind, 8, H), 64) == want
-    check_same(kind, tol=1e-5, T=3, B=64, E=8, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=5,
-               dtype=torch.float32)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # products of >= 2^22 multiply-adds are split over the threads
+    try:
+        check_same(kind, tol=1e-5, T=3, B=64, E=8, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=5,
+                   dtype=torch.float32)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_compiled_takes_inputs_whose_features_are_not_adjacent(compiled):
+    """x permuted from (E, T, B): its (T*B, E) reshape is a view whose columns are T*B apart."""
+    g = torch.Generator().manual_seed(11)
+    grads = {}
+    for engine in ("python", "compiled"):
+        cell = make_cell("lstm", 5, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        z = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64, requires_grad=True)
+        x = z.permute(1, 2, 0)  # (T, B, E), time-major
+        out, _ = unroll(cell, x, backward="manual", batch_first=False, engine=engine)
+        (out * torch.randn(out.shape, generator=g.manual_seed(3), dtype=torch.float64)).sum().backward()
+        grads[engine] = [out.detach(), z.grad, *(p.grad for p in cell.parameters())]
+    for a, b in zip(grads["compiled"], grads["python"]):
+        assert rel_err(a, b) <= 1e-12
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
@@ -243,8 +263,8 @@ def test_every_step_product_path_equals_python(compiled, monkeypatch, kind, path
 def test_micro_gemm_equals_torch_mm(compiled, dtype, threads):
     """The micro-GEMM's two entry points against torch.mm: a @ b (+ bias) and a^T @ b, random shapes that
     cover whole and partial vectors and panels, row tiles and their remainders, operands with rows further
-    apart than their width (column slices), mm's blocks of rows and mm_tn's blocks of the summed rows, and,
-    with 2 threads, the split of large products.
+    apart than their width (column slices) or columns not adjacent, mm's blocks of rows and mm_tn's blocks
+    of the summed rows, empty dimensions, and, with 2 threads, the split of large products.
     float64 to 1e-12 of each product's scale; float32 to 1e-5."""
     ops = engines.load()
     g = torch.Generator().manual_seed(threads)
@@ -259,16 +279,26 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, threads):
         shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130), (40, 24, 3000), (200, 100, 3000)]
         for M, N, K in shapes:
             a = torch.randn(M, K + 3, generator=g, dtype=dtype)[:, 1 : K + 1]  # rows K + 3 apart
-            b = torch.randn(K, N, generator=g, dtype=dtype)
+            b = torch.randn(K, N + 4, generator=g, dtype=dtype)[:, 2 : N + 2]  # rows N + 4 apart
             bias = torch.randn(N, generator=g, dtype=dtype)
             kept = bias.clone()
             for got, want in ((ops.mm(a, b, None), a @ b), (ops.mm(a, b, bias), a @ b + bias),
-                              (ops.mm_tn(a.t().contiguous()[:, :M], b[:, :N]), a @ b)):
+                              (ops.mm_tn(a.t().contiguous(), b), a @ b)):
                 assert got.shape == want.shape
                 assert rel_err(got, want) <= tol, (M, N, K)
             assert torch.equal(bias, kept)  # the bias is read, never written (M = 1 once aliased it)
             at = torch.randn(K, M + 5, generator=g, dtype=dtype)[:, 2 : M + 2]  # a^T with rows M + 5 apart
             assert rel_err(ops.mm_tn(at, b), at.t() @ b) <= tol, (M, N, K)
+        # columns not adjacent (permuted features): copied first, not refused
+        a, b = torch.randn(9, 7, generator=g, dtype=dtype).t(), torch.randn(5, 9, generator=g, dtype=dtype).t()
+        assert rel_err(ops.mm(a, b, None), a @ b) <= tol and rel_err(ops.mm_tn(b, b), b.t() @ b) <= tol
+        # empty sums are zeros; empty results are empty (no division by a zero size)
+        for M, N, K in ((3, 4, 0), (0, 4, 5), (3, 0, 5), (0, 0, 0)):
+            a, b, bias = torch.randn(M, K, dtype=dtype), torch.randn(K, N, dtype=dtype), torch.randn(N, dtype=dtype)
+            assert torch.equal(ops.mm(a, b, None), torch.zeros(M, N, dtype=dtype))
+            assert torch.equal(ops.mm(a, b, bias), bias.expand(M, N))
+            at, bt = torch.randn(K, M, dtype=dtype), torch.randn(K, N, dtype=dtype)  # a sum over K rows
+            assert torch.equal(ops.mm_tn(at, bt), torch.zeros(M, N, dtype=dtype) if K == 0 else at.t() @ bt)
     finally:
         torch.set_num_threads(previous)
 
@@ -352,5 +382,5 @@ def test_the_loop_runs_parallel_work_on_torchs_threads_with_one_openmp_runtime(c
         assert ops.parallel_threads() == 1
     finally:
         torch.set_num_threads(previous)
-    gomps = set(re.findall(r"\S*libgomp\S*", Path("/proc/self/maps").read_text()))
-    assert len(gomps) <= 1, gomps
+    runtimes = set(re.findall(r"\S*lib(?:g|i)?omp\S*", Path("/proc/self/maps").read_text()))  # GNU, Intel, LLVM
+    assert len(runtimes) <= 1, runtimes

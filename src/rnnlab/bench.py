@@ -320,13 +320,13 @@ def _native_output_silenced():
             os.close(fd)
 
 def peak_memory(w: Workload, variant: str, device) -> float:
-    """MB allocated at the peak of one training step, above what was allocated before it (weights,
-    gradients from the warm-up step). CPU: the profiler's memory timeline, which sees every tensor
+    """MB allocated at the peak of one training step, above what was allocated before it (weights; both
+    optimisers set the gradients to None after each step, so a step's peak includes its gradients). CPU: the profiler's memory timeline, which sees every tensor
     allocation; CUDA: torch.cuda.max_memory_allocated."""
     modules, torch_step = build_torch(w, device)
     step = torch_step if variant == "torch" else build_rnnlab(w, modules, variant, device)[2]
     ids, y = batch(w, device)
-    step(ids, y)  # warm-up: gradients exist, one-time workspaces are made
+    step(ids, y)  # warm-up: one-time workspaces are made
     if device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()

@@ -183,7 +183,8 @@ void micro_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t
 template <typename T>
 void micro_gemm_tall(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
                      int64_t ldc, const T* bias) {
-  const int64_t rows = std::max<int64_t>(TILE_ROWS, (int64_t(1) << 15) / (int64_t(sizeof(T)) * K) / TILE_ROWS * TILE_ROWS);
+  const int64_t rows =
+      std::max<int64_t>(TILE_ROWS, (int64_t(1) << 15) / (int64_t(sizeof(T)) * std::max<int64_t>(K, 1)) / TILE_ROWS * TILE_ROWS);
   const int64_t blocks = (M + rows - 1) / rows;
   auto run = [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -201,7 +202,8 @@ void micro_gemm_tall(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, c
 template <typename T>
 void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb,
                         T* c, int64_t ldc) {
-  const int64_t kc = std::max<int64_t>(64, (int64_t(1) << 19) / (int64_t(sizeof(T)) * (M + N)));
+  const int64_t kc = std::max<int64_t>(64, (int64_t(1) << 19) / (int64_t(sizeof(T)) * std::max<int64_t>(M + N, 1)));
+  if (K == 0) return micro_gemm<T>(M, N, 0, a, ai, ak, b, ldb, c, ldc, false);  // an empty sum: zeros
   for (int64_t k0 = 0; k0 < K; k0 += kc)
     micro_gemm<T>(M, N, std::min(kc, K - k0), a + k0 * ak, ai, ak, b + k0 * ldb, ldb, c, ldc, k0 > 0);
 }
@@ -614,11 +616,13 @@ Tensor gru_backward(Tensor dP, Tensor h, Tensor ghn, Tensor W, Tensor dh, std::o
 
 // The all-steps products, by the micro-GEMM: a @ b (+ bias on every row), and a^T @ b. a and b: 2-D, unit
 // column stride (rows may be further apart, e.g. a column slice); bias (N) or none.
-void check_operands(const Tensor& a, const Tensor& b, int64_t k_a) {
+// Operands whose columns are not adjacent (a view of permuted features) are copied first.
+void check_operands(Tensor& a, Tensor& b, int64_t k_a) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(k_a) == b.size(0) && a.scalar_type() == b.scalar_type() &&
+              a.device().is_cpu() && b.device().is_cpu(), "rnnlab_loop: mm operands must be 2-D CPU matrices of one dtype");
   auto unit = [](const Tensor& t) { return t.size(1) == 1 || t.stride(1) == 1; };  // a one-column stride is moot
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(k_a) == b.size(0) && unit(a) && unit(b) &&
-              a.scalar_type() == b.scalar_type() && a.device().is_cpu() && b.device().is_cpu(),
-              "rnnlab_loop: mm operands must be 2-D CPU matrices of one dtype with unit column stride");
+  if (!unit(a)) a = a.contiguous();
+  if (!unit(b)) b = b.contiguous();
 }
 
 Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b (K, N) [+ bias]
