@@ -210,16 +210,21 @@ def test_compiled_takes_inputs_whose_features_are_not_adjacent(compiled):
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_compiled_all_steps_products_through_the_libraries_above_micro_max_macs(compiled, monkeypatch, kind):
-    """Input projection and dx of more than MICRO_MAX_MACS multiply-adds, and weight gradients of more than
-    MICRO_MAX_MACS_GRAD, go to rnnlab.gemm (oneDNN / torch's BLAS) instead of the micro-GEMM: forced here
-    at a small size."""
+    """Input projection and dx of more than MICRO_MAX_MACS multiply-adds, and on one thread weight gradients
+    of more than MICRO_MAX_MACS_GRAD, go to rnnlab.gemm (oneDNN / torch's BLAS) instead of the micro-GEMM:
+    forced here at a small size."""
     from rnnlab import recurrent
 
     monkeypatch.setattr(recurrent, "MICRO_MAX_MACS", 0)
     monkeypatch.setattr(recurrent, "MICRO_MAX_MACS_GRAD", dict.fromkeys(recurrent.MICRO_MAX_MACS_GRAD, 0))
-    for seed, dtype in enumerate((torch.float64, torch.float32)):
-        check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=5, B=6, E=4, H=19, ids=False,
-                   padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # on more threads the weight gradients always take the micro-GEMM
+    try:
+        for seed, dtype in enumerate((torch.float64, torch.float32)):
+            check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=5, B=6, E=4, H=19, ids=False,
+                       padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_the_step_product_is_the_micro_gemm_below_min_macs_step(compiled):
@@ -273,10 +278,10 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, threads):
     torch.set_num_threads(threads)
     try:
         shapes = [tuple(int(torch.randint(1, 70, (1,), generator=g)) for _ in range(3)) for _ in range(12)]
-        # (300, 160, 130): 2^22.6 multiply-adds, split over threads, mm in 13 blocks of rows; (40, 24, 3000):
-        # mm_tn's sum over 3000 rows in blocks that fit in L2 (1024 / 2048 rows for float64 / float32; 218 / 436
-        # for (200, 100, 3000))
-        shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130), (40, 24, 3000), (200, 100, 3000)]
+        # (300, 160, 130): 2^22.6 multiply-adds, split over threads; mm in 13 blocks of rows, mm_tn in 2 blocks of
+        # C's rows (256 each); (40, 24, 3000): mm_tn's sum over 3000 rows in 24 blocks of 128; (70, 300, 500):
+        # 2 blocks of C's columns, each a thread's
+        shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130), (40, 24, 3000), (200, 100, 3000), (70, 300, 500)]
         for M, N, K in shapes:
             a = torch.randn(M, K + 3, generator=g, dtype=dtype)[:, 1 : K + 1]  # rows K + 3 apart
             b = torch.randn(K, N + 4, generator=g, dtype=dtype)[:, 2 : N + 2]  # rows N + 4 apart

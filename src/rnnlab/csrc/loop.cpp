@@ -18,7 +18,7 @@
 // Built by rnnlab/engine.py with torch.utils.cpp_extension.load; called as torch.ops.rnnlab_loop.*.
 // Left out: CUDA, dtypes other than float32/float64, threads over the batch rows in the point-wise pass
 // (a thread hand-off per pass did not pay at B = 64; the micro-GEMM splits products of >= 2^22
-// multiply-adds over threads), and cache blocking in the micro-GEMM (larger products go to oneDNN).
+// multiply-adds over threads), and packing the micro-GEMM's operands (the largest products go to oneDNN).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -196,16 +196,27 @@ void micro_gemm_tall(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, c
   else run(0, blocks);
 }
 
-// The same over a long reduction (the weight gradients' sum over all T*B rows): in blocks of k whose
-// rows of A and B fit in the core's L2 together (~512 KB), so that every tile of a block reads them
-// from there instead of streaming all of A again for each panel of columns.
+// The same over a long reduction (the weight gradients' sum over all T*B rows), cache-blocked: C in blocks
+// of 256 x 256 (256 KB in float32) that stay in the core's L2 while the whole sum runs into them, k in blocks
+// of 128 (A's and B's rows for the block: 128 KB each). A and B are then read from memory N/256 and M/256
+// times and C once, where an unblocked sum streams A once per panel of 32 columns. Threads take whole
+// blocks of C.
 template <typename T>
 void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb,
                         T* c, int64_t ldc) {
-  const int64_t kc = std::max<int64_t>(64, (int64_t(1) << 19) / (int64_t(sizeof(T)) * std::max<int64_t>(M + N, 1)));
-  if (K == 0) return micro_gemm<T>(M, N, 0, a, ai, ak, b, ldb, c, ldc, false);  // an empty sum: zeros
-  for (int64_t k0 = 0; k0 < K; k0 += kc)
-    micro_gemm<T>(M, N, std::min(kc, K - k0), a + k0 * ak, ai, ak, b + k0 * ldb, ldb, c, ldc, k0 > 0);
+  constexpr int64_t MC = 256, NC = 256, KC = 128;
+  const int64_t mb = (M + MC - 1) / MC, nb = (N + NC - 1) / NC;
+  auto run = [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t i = q / nb * MC, j = q % nb * NC, m = std::min(MC, M - i), n = std::min(NC, N - j);
+      if (K == 0) micro_gemm<T>(m, n, 0, a, ai, ak, b, ldb, c + i * ldc + j, ldc, false);  // an empty sum: zeros
+      for (int64_t k = 0; k < K; k += KC)
+        micro_gemm<T>(m, n, std::min(KC, K - k), a + i * ai + k * ak, ai, ak, b + k * ldb + j, ldb, c + i * ldc + j,
+                      ldc, k > 0);
+    }
+  };
+  if (M * N * K >= PARALLEL_MACS && mb * nb > 1 && at::get_num_threads() > 1) at::parallel_for(0, mb * nb, 1, run);
+  else run(0, mb * nb);
 }
 
 // How a step's product is made, chosen by recurrent.py (_step_path): the micro-GEMM above (the default:
