@@ -271,6 +271,19 @@ struct Product {
     if (path == BLAS || path == MICRO) gemm(x, out, false); else at::mm_out(out, x, w_t);
     return out;
   }
+  // out (+)= xs[t] @ w^T for a (T', B, K) buffer xs: the micro-GEMM reads step t's rows in place, the
+  // libraries get the view xs[t] (making a view costs ~1 us, which at H = 32 is felt at every step)
+  template <typename T>
+  Tensor step(const Tensor& xs, int64_t t, Tensor& out, bool accumulate) const {
+    if (path == MICRO) {
+      const int64_t B = xs.size(1), K = xs.size(2), N = out.size(1);
+      micro_gemm<T>(B, N, K, xs.data_ptr<T>() + t * B * K, K, 1, wt.data_ptr<T>(), N, out.data_ptr<T>(), N, accumulate);
+      return out;
+    }
+    if (!accumulate) return mul(xs[t], out);
+    add(xs[t], out);
+    return out;
+  }
   // out += x @ w^T
   void add(const Tensor& x, Tensor& out) const {
     if (path == ONEDNN) out.add_(mul(x, out));
@@ -344,11 +357,10 @@ void rnn_forward_impl(Tensor& P, Tensor& h, const Product& Wp, const Tensor& mas
   const int64_t T_ = P.size(0), B = P.size(1), H = P.size(2);
   Tensor gh = at::empty({B, H}, P.options());
   for (int64_t t = 0; t < T_; ++t) {
-    Tensor hp = h[t];
-    Tensor g = Wp.mul(hp, gh);  // W s_{t-1}
+    Tensor g = Wp.step<T>(h, t, gh, false);  // W s_{t-1}
     const T* gp = g.data_ptr<T>();
     const T* pp = P.data_ptr<T>() + t * B * H;
-    const T* sp = hp.data_ptr<T>();
+    const T* sp = h.data_ptr<T>() + t * B * H;
     T* sn = h.data_ptr<T>() + (t + 1) * B * H;
     const uint8_t* m = mask_row(mask, t, B);
     for (int64_t b = 0; b < B; ++b) {
@@ -394,8 +406,7 @@ Tensor rnn_backward_impl(Tensor& dP, const Tensor& h, const Product& WTp, Tensor
         if (m) st(Vec<T>(T(0)), dprev + o + j, n);
       });
     }
-    Tensor da_t = dP[t];
-    if (m) WTp.add(da_t, dh_prev); else dh_prev = WTp.mul(da_t, dh_prev);  // ds_{t-1} = W^T da_t
+    dh_prev = WTp.step<T>(dP, t, dh_prev, m != nullptr);  // ds_{t-1} = W^T da_t (+ ds_t on padded rows)
     std::swap(dh, dh_prev);
   }
   return dh;
@@ -409,11 +420,10 @@ void lstm_forward_impl(Tensor& P, Tensor& h, Tensor& c, Tensor& tc, const Produc
   const int64_t T_ = P.size(0), B = P.size(1), G = P.size(2), H = G / 4;
   Tensor gh = at::empty({B, G}, P.options());
   for (int64_t t = 0; t < T_; ++t) {
-    Tensor hp = h[t];
-    Tensor g_ = Wp.mul(hp, gh);  // W h_{t-1}, all four blocks
+    Tensor g_ = Wp.step<T>(h, t, gh, false);  // W h_{t-1}, all four blocks
     const T* gp = g_.data_ptr<T>();
     T* pp = P.data_ptr<T>() + t * B * G;
-    const T* h0 = hp.data_ptr<T>();
+    const T* h0 = h.data_ptr<T>() + t * B * H;
     const T* c0 = c.data_ptr<T>() + t * B * H;
     T* h1 = h.data_ptr<T>() + (t + 1) * B * H;
     T* c1 = c.data_ptr<T>() + (t + 1) * B * H;
@@ -484,8 +494,7 @@ std::vector<Tensor> lstm_backward_impl(Tensor& dP, const Tensor& c, const Tensor
         if (m) st(Vec<T>(T(0)), dprev + o + j, n);
       });
     }
-    Tensor dz = dP[t];
-    if (m) WTp.add(dz, dh_prev); else dh_prev = WTp.mul(dz, dh_prev);  // dh_{t-1} = W^T dz
+    dh_prev = WTp.step<T>(dP, t, dh_prev, m != nullptr);  // dh_{t-1} = W^T dz (+ dh_t on padded rows)
     std::swap(dh, dh_prev);
   }
   return {dh, dc};
@@ -499,11 +508,10 @@ void gru_forward_impl(Tensor& P, Tensor& h, Tensor& ghn, const Product& Wp, cons
   Tensor gh = at::empty({B, G}, P.options());
   const T* bp = b_hn.defined() ? b_hn.data_ptr<T>() : nullptr;
   for (int64_t t = 0; t < T_; ++t) {
-    Tensor hp = h[t];
-    Tensor g_ = Wp.mul(hp, gh);
+    Tensor g_ = Wp.step<T>(h, t, gh, false);  // W h_{t-1}
     const T* gp = g_.data_ptr<T>();
     T* pp = P.data_ptr<T>() + t * B * G;
-    const T* h0 = hp.data_ptr<T>();
+    const T* h0 = h.data_ptr<T>() + t * B * H;
     T* h1 = h.data_ptr<T>() + (t + 1) * B * H;
     T* gn = ghn.data_ptr<T>() + t * B * H;
     const uint8_t* m = mask_row(mask, t, B);
