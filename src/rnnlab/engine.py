@@ -1,8 +1,9 @@
 """Which engine runs the time loop of backward="manual": Python (recurrent.py) or compiled C++ (csrc/loop.cpp).
 
 Both compute the same equations (the cells' forward_t, local_derivatives and backward_t); the
-compiled loop does each time step as one matrix product and one fused, vectorised point-wise pass,
-without Python's per-op dispatch. The Python loop stays the readable reference and the fallback.
+compiled loop does each time step as one matrix product (its own register-blocked micro-GEMM, which
+also makes the products over all steps) and one fused, vectorised point-wise pass, without Python's
+per-op dispatch. The Python loop stays the readable reference and the fallback.
 
     engine="python"     always the Python loop
     engine="compiled"   the C++ loop; an error if it cannot be built here (no compiler, ...)
@@ -11,15 +12,15 @@ without Python's per-op dispatch. The Python loop stays the readable reference a
 The default comes from the environment variable RNNLAB_ENGINE (else "auto"). CUDA tensors always take
 the Python loop (it is device-agnostic); the compiled loop covers float32 and float64 on the CPU.
 
-Build: the first use compiles csrc/loop.cpp once with torch.utils.cpp_extension (g++, -O3, one
-translation unit, no CUDA; vectorised for the CPU capability torch itself uses here, e.g. AVX2 or
+Build: the first use compiles csrc/loop.cpp once with torch.utils.cpp_extension (g++, -O3, OpenMP,
+one translation unit, no CUDA; vectorised for the CPU capability torch itself uses here, e.g. AVX2 or
 AVX512) into ~/.cache/rnnlab/loop-<key> (RNNLAB_CACHE overrides ~/.cache/rnnlab), keyed by the
-source's hash, the torch and Python versions and that capability; later processes load it in
+source's hash, the torch and Python versions and the compiler flags; later processes load it in
 milliseconds. `python -m rnnlab.engine` builds it ahead of time (`make` does).
 
-Left out: a CUDA kernel (the Python loop's ops already run on the GPU), threads over the batch inside a
-step (a per-step hand-off did not pay at these sizes), and on_step hooks (`rnnlab gradflow` reads the
-Python loop).
+Left out: a CUDA kernel (the Python loop's ops already run on the GPU), threads over the batch in the
+point-wise pass (a per-step hand-off did not pay at these sizes; large products do use torch's
+threads), and on_step hooks (`rnnlab gradflow` reads the Python loop).
 """
 
 from __future__ import annotations
