@@ -121,10 +121,12 @@ def test_the_startup_benchmark_times_both_commands(tmp_path):
 
 
 def test_readme_two_thread_ratios_are_the_stored_run():
-    """The README's two-thread sentence quotes benchmarks/results/bench_threads2.json, written by the command it gives."""
+    """The README's two-thread sentence quotes benchmarks/results/bench_threads2.json, written by the command
+    it gives."""
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     rows = json.loads((REPO / "benchmarks" / "results" / "bench_threads2.json").read_text())
     best = {r["cell"]: r["ratio"] for r in rows if r["backward"] == "best"}
-    assert "--threads 2 --cells lstm --hidden 32 --no-memory --lm --json benchmarks/results/bench_threads2.json" in readme
+    command = "--threads 2 --cells lstm --hidden 32 --no-memory --lm --json benchmarks/results/bench_threads2.json"
+    assert command in readme
     assert f"LSTM at H = 32 {best['lstm']:.2f}x, the `lm-lstmx2` row {best['lm-lstmx2']:.2f}x" in readme
     assert f"(`lm-lstm2`: embedding 64, dropout, Adam) {best['lm-lstm2']:.2f}x" in readme

@@ -321,8 +321,9 @@ def _native_output_silenced():
 
 def peak_memory(w: Workload, variant: str, device) -> float:
     """MB allocated at the peak of one training step, above what was allocated before it (weights; both
-    optimisers set the gradients to None after each step, so a step's peak includes its gradients). CPU: the profiler's memory timeline, which sees every tensor
-    allocation; CUDA: torch.cuda.max_memory_allocated."""
+    optimisers set the gradients to None after each step, so a step's peak includes its gradients).
+    CPU: the profiler's memory timeline, which sees every tensor allocation; CUDA:
+    torch.cuda.max_memory_allocated."""
     modules, torch_step = build_torch(w, device)
     step = torch_step if variant == "torch" else build_rnnlab(w, modules, variant, device)[2]
     ids, y = batch(w, device)

@@ -255,7 +255,7 @@ def _mask_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else mask[..., 0].contiguous().view(torch.uint8)
 
 
-STEP_ATEN, STEP_BLAS, STEP_ONEDNN, STEP_MICRO = 0, 1, 2, 3  # how the compiled loop makes a step's product (csrc/loop.cpp)
+STEP_ATEN, STEP_BLAS, STEP_ONEDNN, STEP_MICRO = 0, 1, 2, 3  # how the loop makes a step's product (csrc/loop.cpp)
 
 
 def _step_path(cell: Cell, B: int) -> int:
