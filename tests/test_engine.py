@@ -279,7 +279,7 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, threads):
     try:
         shapes = [tuple(int(torch.randint(1, 70, (1,), generator=g)) for _ in range(3)) for _ in range(12)]
         # (300, 160, 130): 2^22.6 multiply-adds, split over threads; mm in 13 blocks of rows, mm_tn in 2 blocks of
-        # C's rows (256 each); (40, 24, 3000): mm_tn's sum over 3000 rows in 24 blocks of 128; (70, 300, 500):
+        # C's rows (256 each); (40, 24, 3000): mm_tn's sum over 3000 rows in 12 blocks of 256; (70, 300, 500):
         # 2 blocks of C's columns, each a thread's
         shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130), (40, 24, 3000), (200, 100, 3000), (70, 300, 500)]
         for M, N, K in shapes:
