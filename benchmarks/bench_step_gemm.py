@@ -23,6 +23,7 @@ the loop's own micro-GEMM (csrc/loop.cpp, "micro") included; gemm.MIN_MACS_STEP,
 recurrent._step_path, is set from that table and from whole training steps (see gemm.py).
 
 Usage: python benchmarks/bench_step_gemm.py [--rounds 7] [--block-ms 20] [--hidden 32 128 512] [--unroll]
+       python benchmarks/bench_step_gemm.py --all-steps [--threads 2]   (the products over all steps)
 The MKL symbols are looked up in torch's own libtorch_cpu (weak symbols; a method whose symbol is missing
 prints "-"). Left out: threads (the compiled loop's products run at torch's thread count; measured at 1).
 """
@@ -218,6 +219,51 @@ def unroll_table(hidden: list[int], rounds: int, steps: int = 5) -> None:
         recurrent._step_path = chosen
 
 
+ALL_STEPS = [  # (name, M = B*T rows, K, N) of x U^T + b and dx = dp U; (name, rows, G*H, H) of dp^T s
+    ("mm", "lstm 128 x U^T", 2048, 128, 512), ("mm", "lstm 128 dp U", 2048, 512, 128),
+    ("mm", "lstm 512 x U^T", 2048, 512, 2048), ("mm", "lstm 512 dp U", 2048, 2048, 512),
+    ("mm_tn", "lstm 128 dp^T s", 2048, 512, 128), ("mm_tn", "rnn 512 dp^T s", 2048, 512, 512),
+    ("mm_tn", "gru 512 dp^T x", 2048, 1536, 512), ("mm_tn", "lstm 512 dp^T s", 2048, 2048, 512),
+    ("mm_tn", "LM lstm 256 dp^T s", 6400, 1024, 256), ("mm_tn", "lstm 640 dp^T s", 3200, 2560, 640),
+]
+
+
+def all_steps_table(rounds: int) -> None:
+    """ms per all-steps product, float32, at torch's thread count: the compiled engine's micro-GEMM
+    (torch.ops.rnnlab_loop.mm / mm_tn) against the library path rnnlab.gemm takes (linear: oneDNN or
+    BLAS; weight_grads: oneDNN's backward-weights kernel with its conversions). Median of interleaved rounds.
+    recurrent.MICRO_MAX_MACS and MICRO_MAX_MACS_GRAD are set from this and from whole training steps."""
+    from rnnlab import engine, gemm
+
+    ops = engine.load()
+    print(f"\nms per all-steps product, float32, {torch.get_num_threads()} thread(s), median of {rounds} rounds")
+    print(f"{'product':20} {'M':>5} {'K':>5} {'N':>5} {'micro':>8} {'library':>8} {'ratio':>6}")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for kind, name, rows, k, n in ALL_STEPS:
+            a, bias = torch.randn(rows, k, generator=g), torch.randn(n, generator=g)
+            if kind == "mm":  # a (rows, k) @ b (k, n) + bias
+                b = torch.randn(k, n, generator=g)
+                b_rows = b.t().contiguous()  # (n, k): the library's weight layout
+                fs = (lambda a=a, b=b, bias=bias: ops.mm(a, b, bias),
+                      lambda a=a, w=b_rows, bias=bias: gemm.linear(a, w, bias))
+            else:  # a^T @ b: dp (rows, k)^T @ s (rows, n), a weight gradient
+                b = torch.randn(rows, n, generator=g)
+                fs = (lambda a=a, b=b: ops.mm_tn(a, b), lambda a=a, b=b: gemm.weight_grads(a, [b]))
+            reps = max(2, int(2e8 / (rows * k * n)))
+            times: list[list[float]] = [[], []]
+            for r in range(rounds + 1):  # round 0 warms up
+                for i, f in enumerate(fs):
+                    start = time.perf_counter()
+                    for _ in range(reps):
+                        f()
+                    if r:
+                        times[i].append((time.perf_counter() - start) / reps)
+            micro, library = (statistics.median(t) * 1e3 for t in times)
+            m, kk = (rows, k) if kind == "mm" else (k, rows)
+            print(f"{name:20} {m:5} {kk:5} {n:5} {micro:8.2f} {library:8.2f} {library / micro:6.2f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds; the median is reported")
@@ -226,8 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--unroll", action="store_true",
                     help="instead: time a whole compiled layer (forward + backward) with each path forced")
+    ap.add_argument("--all-steps", action="store_true",
+                    help="instead: the products over all steps (input projection, dx, weight gradients), "
+                         "micro-GEMM against the libraries")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.all_steps:
+        all_steps_table(args.rounds)
+        return 0
     if args.unroll:
         unroll_table(args.hidden, args.rounds)
         return 0

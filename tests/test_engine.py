@@ -210,21 +210,16 @@ def test_compiled_takes_inputs_whose_features_are_not_adjacent(compiled):
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_compiled_all_steps_products_through_the_libraries_above_micro_max_macs(compiled, monkeypatch, kind):
-    """Input projection and dx of more than MICRO_MAX_MACS multiply-adds, and on one thread weight gradients
-    of more than MICRO_MAX_MACS_GRAD, go to rnnlab.gemm (oneDNN / torch's BLAS) instead of the micro-GEMM:
-    forced here at a small size."""
+    """Input projection and dx of more than MICRO_MAX_MACS multiply-adds, and weight gradients of more than
+    MICRO_MAX_MACS_GRAD, go to rnnlab.gemm (oneDNN / torch's BLAS) instead of the micro-GEMM: forced here
+    at a small size."""
     from rnnlab import recurrent
 
     monkeypatch.setattr(recurrent, "MICRO_MAX_MACS", 0)
     monkeypatch.setattr(recurrent, "MICRO_MAX_MACS_GRAD", dict.fromkeys(recurrent.MICRO_MAX_MACS_GRAD, 0))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # on more threads the weight gradients always take the micro-GEMM
-    try:
-        for seed, dtype in enumerate((torch.float64, torch.float32)):
-            check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=5, B=6, E=4, H=19, ids=False,
-                       padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
-    finally:
-        torch.set_num_threads(previous)
+    for seed, dtype in enumerate((torch.float64, torch.float32)):
+        check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=5, B=6, E=4, H=19, ids=False,
+                   padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
 
 
 def test_the_step_product_is_the_micro_gemm_below_min_macs_step(compiled):

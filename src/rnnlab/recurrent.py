@@ -278,17 +278,17 @@ def _has_blas(f64: bool) -> bool:
 
 
 # The all-steps products of more multiply-adds than these go to the libraries (rnnlab.gemm: oneDNN where it
-# works), whose packed, cache-blocked kernels win there; the micro-GEMM does not pack its operands. Measured
-# on one thread, B*T = 2048 rows, ms micro / library: the input projection x U^T + b and dx = dp U
-# (MICRO_MAX_MACS): LSTM at H = 128 (2^27) 1.4 / 1.3 and 1.0 / 1.05, at H = 512 (2^31) 20 / 17 and 25 / 18;
-# the weight gradients dp^T s and dp^T x, cache-blocked (MICRO_MAX_MACS_GRAD, per cell, on one thread):
-# LSTM at 128 1.1 / 1.6, RNN at 512 (2^29) 4.4 / 5.0, LSTM at 512 (2^31) 19.5 / 19.3, the language model's
-# LSTM 256 (6400 rows, 1.6 * 2^30) 16.7 / 18.4; yet whole training steps ran ~3% faster with oneDNN's
-# kernel for the LSTM at 512 and the LM (2 x LSTM 256), so the LSTM and RNN keep it past 2^29. The GRU's
-# library path copies dp's r, z columns transposed for dW (gemm.linear); the micro-GEMM, which reads them in
-# place, won its whole step at H = 512 (1.5 * 2^30): 85.5 against 90.8 ms. On two threads the micro-GEMM
-# (threads take whole blocks of C) scaled better at every size (the LM: 8.1 / 11.5 ms a product, whole
-# steps 4% faster), so there it takes every weight gradient.
+# works), whose packed, cache-blocked kernels win there; the micro-GEMM does not pack its operands.
+# `python benchmarks/bench_step_gemm.py --all-steps` times one product each way (stored, one and two threads:
+# benchmarks/results/bench_all_steps.txt), ms micro / library on one thread: the input projection and dx
+# (MICRO_MAX_MACS) at the LSTM's H = 128 (2^27) 1.50 / 1.09 and 0.97 / 1.02 (whole training steps alike
+# either way, 7.54 / 7.54 ms), at H = 512 (2^31) 24.4 / 17.9 and 24.0 / 16.3; the weight gradients
+# dp^T s, dp^T x, cache-blocked (MICRO_MAX_MACS_GRAD, per cell): LSTM at 128 0.99 / 1.24, RNN at 512 (2^29)
+# 4.00 / 4.49, LSTM at 512 (2^31) 19.7 / 18.6, the LM's LSTM 256 (6400 rows, 1.6 * 2^30) 17.4 / 16.7. The
+# GRU's library path for dW copies dp's r, z columns transposed (gemm.linear), which the micro-GEMM reads in
+# place: its whole step at H = 512 (1.5 * 2^30) took 85.5 ms against 90.8, so the GRU keeps the micro-GEMM
+# to 2^31. On two threads whole LM steps ran alike either way (2 x LSTM 256: 119 / 120 ms; 2 x LSTM 640,
+# batch 32: 315 / 313 ms).
 MICRO_MAX_MACS = 1 << 27
 MICRO_MAX_MACS_GRAD = {"rnn": 1 << 29, "lstm": 1 << 29, "gru": 1 << 31}
 
@@ -307,12 +307,11 @@ def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
 def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: torch.Tensor | None) -> dict:
     """`cell.weight_grads` with the compiled loop's micro-GEMM: dW = sum_t dgh_t^T s_{t-1}, and for vector
     inputs dU = sum_t dp_t^T x_t, db = sum_t dp_t; it reads dp^T in place (no transposed copy). Products
-    of more than MICRO_MAX_MACS_GRAD[cell] multiply-adds on one thread go to `cell.weight_grads` (oneDNN's
+    of more than MICRO_MAX_MACS_GRAD[cell] multiply-adds go to `cell.weight_grads` (oneDNN's
     backward-weights kernel; see MICRO_MAX_MACS_GRAD)."""
     H, GH = cell.hidden_size, buf.dp.shape[-1]
     dp = buf.dp.view(-1, GH)
-    macs = dp.shape[0] * GH * max(H, cell.input_size if x is not None else 0)
-    if macs > MICRO_MAX_MACS_GRAD[cell.name] and torch.get_num_threads() == 1:
+    if dp.shape[0] * GH * max(H, cell.input_size if x is not None else 0) > MICRO_MAX_MACS_GRAD[cell.name]:
         return cell.weight_grads(buf, h_prev, x)
     mm_tn = engines.load().mm_tn
     if cell.name == "gru":  # dgh = [dr, dz, dn * r]: its rz part is dp's, its n part is dgh_n
