@@ -179,12 +179,12 @@ void micro_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t
 
 // The same for a tall A (the all-steps products x U^T and dp U: M = T*B rows): in blocks of rows that fit
 // in L1 (~32 KB of A), each meeting every panel of B before the next block, so A is read from memory once
-// instead of once per panel (measured: the LSTM's input projection at H = 128, 79 -> ~120 GMAC/s).
+// instead of once per panel (measured: the LSTM's input projection at H = 128, 79 -> 93 GMAC/s).
 template <typename T>
 void micro_gemm_tall(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
                      int64_t ldc, const T* bias) {
-  const int64_t rows =
-      std::max<int64_t>(TILE_ROWS, (int64_t(1) << 15) / (int64_t(sizeof(T)) * std::max<int64_t>(K, 1)) / TILE_ROWS * TILE_ROWS);
+  const int64_t fit = (int64_t(1) << 15) / (int64_t(sizeof(T)) * std::max<int64_t>(K, 1));  // rows in 32 KB
+  const int64_t rows = std::max<int64_t>(TILE_ROWS, fit / TILE_ROWS * TILE_ROWS);
   const int64_t blocks = (M + rows - 1) / rows;
   auto run = [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
@@ -220,10 +220,10 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
   else run(0, mb * nb);
 }
 
-// How a step's product is made, chosen by recurrent.py (_step_path): the micro-GEMM above (the default:
-// measured faster than both libraries at every step shape here, benchmarks/bench_step_gemm.py), or, to
-// compare with it, ATen's mm, MKL's gemm called directly (no dispatcher, y += x w^T in the same call), or
-// oneDNN (a faster kernel than MKL's here, ~9 us more per call).
+// How a step's product is made, chosen by recurrent.py (_step_path): the micro-GEMM above (the default),
+// or oneDNN for float32 products from gemm.MIN_MACS_STEP multiply-adds (its blocked kernel wins there;
+// ~9 us more per call), or, kept to compare with them (benchmarks/bench_step_gemm.py), ATen's mm and MKL's
+// gemm called directly (no dispatcher, y += x w^T in the same call).
 enum Path : int64_t { ATEN = 0, BLAS = 1, ONEDNN = 2, MICRO = 3 };
 
 // y = x @ w^T into `out` (B, N), x (B, K) contiguous, w (N, K). oneDNN's op returns a new tensor.
