@@ -246,14 +246,17 @@ struct Product {
       w = stack[0].toTensor();
     }
   }
+  // out (B, N) (+)= x (B, K) @ w^T by the micro-GEMM, from B contiguous rows of x at `x`
+  template <typename T>
+  void micro(const T* x, int64_t B, Tensor& out, bool accumulate) const {
+    const int64_t K = wt.size(0), N = wt.size(1);
+    micro_gemm<T>(B, N, K, x, K, 1, wt.data_ptr<T>(), N, out.data_ptr<T>(), N, accumulate);
+  }
   void gemm(const Tensor& x, Tensor& out, bool accumulate) const {  // out (+)= x @ w^T, rows contiguous
     TORCH_INTERNAL_ASSERT(x.is_contiguous() && out.is_contiguous());
     if (path == MICRO) {
-      const int64_t B = x.size(0), K = x.size(1), N = out.size(1);
-      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "micro_gemm", [&] {
-        micro_gemm<scalar_t>(B, N, K, x.data_ptr<scalar_t>(), K, 1, wt.data_ptr<scalar_t>(), N, out.data_ptr<scalar_t>(),
-                             N, accumulate);
-      });
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "micro_gemm",
+                                 [&] { micro<scalar_t>(x.data_ptr<scalar_t>(), x.size(0), out, accumulate); });
     } else if (x.scalar_type() == at::kDouble) {
       blas_gemm<double>(blas().d, x, w, out, accumulate ? 1.0 : 0.0);
     } else {
@@ -277,8 +280,7 @@ struct Product {
   template <typename T>
   Tensor step(const Tensor& xs, int64_t t, Tensor& out, bool accumulate) const {
     if (path == MICRO) {
-      const int64_t B = xs.size(1), K = xs.size(2), N = out.size(1);
-      micro_gemm<T>(B, N, K, xs.data_ptr<T>() + t * B * K, K, 1, wt.data_ptr<T>(), N, out.data_ptr<T>(), N, accumulate);
+      micro<T>(xs.data_ptr<T>() + t * xs.stride(0), xs.size(1), out, accumulate);
       return out;
     }
     if (!accumulate) return mul(xs[t], out);
