@@ -306,7 +306,8 @@ def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
 
 def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: torch.Tensor | None) -> dict:
     """`cell.weight_grads` with the compiled loop's micro-GEMM: dW = sum_t dgh_t^T s_{t-1}, and for vector
-    inputs dU = sum_t dp_t^T x_t, db = sum_t dp_t; it reads dp^T in place (no transposed copy). Products
+    inputs dU = sum_t dp_t^T x_t (db = sum_t dp_t is left to `_ManualBPTT.backward`, as for token ids);
+    it reads dp^T in place (no transposed copy). Products
     of more than MICRO_MAX_MACS_GRAD[cell] multiply-adds go to `cell.weight_grads` (oneDNN's
     backward-weights kernel; see MICRO_MAX_MACS_GRAD)."""
     H, GH = cell.hidden_size, buf.dp.shape[-1]
@@ -321,8 +322,6 @@ def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: tor
         grads = {"W": mm_tn(dp, h_prev)}
     if x is not None:
         grads["U"] = mm_tn(dp, x)
-        if cell.b is not None:
-            grads["b"] = dp.sum(dim=0)
     return grads
 
 
