@@ -130,3 +130,14 @@ def test_readme_two_thread_ratios_are_the_stored_run():
     assert command in readme
     assert f"LSTM at H = 32 {best['lstm']:.2f}x, the `lm-lstmx2` row {best['lm-lstmx2']:.2f}x" in readme
     assert f"(`lm-lstm2`: embedding 64, dropout, Adam) {best['lm-lstm2']:.2f}x" in readme
+
+
+def test_lm_row_without_a_source_checkout_is_refused_before_anything_is_timed(tmp_path, monkeypatch):
+    """`--lm` needs benchmarks/bench_lm.py; an installed package without it says so in one line, first."""
+    from rnnlab.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "a" / "b" / "bench.py"))  # no benchmarks/ two up
+    monkeypatch.setattr(bench, "bench", lambda *a, **k: pytest.fail("timed a workload before refusing --lm"))
+    with pytest.raises(UserError, match="source checkout"):
+        bench.main(["--tiny", "--lm"])

@@ -392,16 +392,21 @@ def print_table(rows: list[Row], file=None) -> None:
               file=file)
 
 
-def lm_rows(steps: int, repeats: int, tiny: bool) -> list[Row]:
-    """The Shakespeare language model's training step (benchmarks/bench_lm.py's workload and timing, which
-    needs a source checkout) as a row of this table, and its `best` copy; no matmul limit or memory."""
+def bench_lm_folder() -> Path:
+    """The source checkout's benchmarks/ folder, which holds bench_lm.py (`--lm`); a one-line error without it."""
     from rnnlab.errors import UserError
 
     folder = next((f for f in (Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks")
                    if (f / "bench_lm.py").is_file()), None)
     if folder is None:
         raise UserError("--lm times benchmarks/bench_lm.py: run it from a source checkout of rnnlab")
-    sys.path.insert(0, str(folder))
+    return folder
+
+
+def lm_rows(steps: int, repeats: int, tiny: bool) -> list[Row]:
+    """The Shakespeare language model's training step (benchmarks/bench_lm.py's workload and timing, which
+    needs a source checkout) as a row of this table, and its `best` copy; no matmul limit or memory."""
+    sys.path.insert(0, str(bench_lm_folder()))
     import bench_lm
 
     w = bench_lm.TINY if tiny else bench_lm.Workload()
@@ -480,6 +485,8 @@ def run(args) -> list[Row]:
     from rnnlab.config import check_device
 
     device = torch.device(check_device(args.device))  # a one-line UserError for a device this torch lacks
+    if args.lm:
+        bench_lm_folder()  # without a source checkout, say so before timing anything
     if args.tiny:
         args.hidden, args.batch, args.length, args.vocab = [8], 4, 5, 50
         args.steps, args.repeats, args.warmup, args.memory = 2, 1, 1, False
