@@ -636,9 +636,9 @@ Tensor gru_backward(Tensor dP, Tensor h, Tensor ghn, Tensor W, Tensor dh, std::o
   return out;
 }
 
-// The all-steps products, by the micro-GEMM: a @ b (+ bias on every row), and a^T @ b. a and b: 2-D, unit
-// column stride (rows may be further apart, e.g. a column slice); bias (N) or none.
-// Operands whose columns are not adjacent (a view of permuted features) are copied first.
+// The all-steps products, by the micro-GEMM: a @ b (+ bias on every row), and a^T @ b. a and b: 2-D CPU
+// matrices whose rows may be further apart than their width (e.g. a column slice); operands whose columns
+// are not adjacent (a view of permuted features) are copied first. bias: (N) or none.
 void check_operands(Tensor& a, Tensor& b, int64_t k_a) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(k_a) == b.size(0) && a.scalar_type() == b.scalar_type() &&
               a.device().is_cpu() && b.device().is_cpu(), "rnnlab_loop: mm operands must be 2-D CPU matrices of one dtype");
@@ -660,6 +660,17 @@ Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b 
   return c;
 }
 
+Tensor mm_tn_op(Tensor a, Tensor b) {  // a (K, M)^T @ b (K, N): the weight gradients sum_r dy_r^T x_r
+  check_operands(a, b, 0);
+  const int64_t K = a.size(0), M = a.size(1), N = b.size(1);
+  Tensor c = at::empty({M, N}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_tn", [&] {
+    micro_gemm_blocked<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), 1, a.stride(0), b.data_ptr<scalar_t>(),
+                                 b.stride(0), c.data_ptr<scalar_t>(), N);
+  });
+  return c;
+}
+
 Tensor tanh_op(Tensor x) {  // the loop's point-wise tanh, element by element, for tests
   Tensor xc = x.contiguous(), y = at::empty_like(xc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tanh", [&] {
@@ -674,17 +685,6 @@ int64_t parallel_threads_op() {  // how many threads at::parallel_for runs here 
   std::atomic<uint64_t> seen{0};
   at::parallel_for(0, 64, 1, [&](int64_t, int64_t) { seen |= uint64_t(1) << (at::get_thread_num() % 64); });
   return __builtin_popcountll(seen.load());
-}
-
-Tensor mm_tn_op(Tensor a, Tensor b) {  // a (K, M)^T @ b (K, N): the weight gradients sum_r dy_r^T x_r
-  check_operands(a, b, 0);
-  const int64_t K = a.size(0), M = a.size(1), N = b.size(1);
-  Tensor c = at::empty({M, N}, a.options());
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_tn", [&] {
-    micro_gemm_blocked<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), 1, a.stride(0), b.data_ptr<scalar_t>(),
-                                 b.stride(0), c.data_ptr<scalar_t>(), N);
-  });
-  return c;
 }
 
 }  // namespace
