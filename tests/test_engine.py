@@ -9,6 +9,7 @@ The comparisons with torch.nn and torch.autograd.gradcheck run on both engines i
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -26,6 +27,17 @@ from tests.conftest import require_compiled
 @pytest.fixture
 def compiled():
     require_compiled()
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """torch.set_num_threads(n) inside the block, the previous count restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -184,13 +196,9 @@ def test_compiled_equals_python_float32_at_training_sizes(compiled, kind, H):
 
     want = STEP_ONEDNN if H == 512 and _onednn_works() else STEP_MICRO
     assert _step_path(make_cell(kind, 8, H), 64) == want
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)  # products of >= 2^22 multiply-adds are split over the threads
-    try:
+    with threads(2):  # products of >= 2^22 multiply-adds are split over the threads
         check_same(kind, tol=1e-5, T=3, B=64, E=8, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=5,
                    dtype=torch.float32)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def test_compiled_takes_inputs_whose_features_are_not_adjacent(compiled):
@@ -258,20 +266,18 @@ def test_every_step_product_path_equals_python(compiled, monkeypatch, kind, path
                    padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_micro_gemm_equals_torch_mm(compiled, dtype, threads):
+def test_micro_gemm_equals_torch_mm(compiled, dtype, n_threads):
     """The micro-GEMM's two entry points against torch.mm: a @ b (+ bias) and a^T @ b, random shapes that
     cover whole and partial vectors and panels, row tiles and their remainders, operands with rows further
     apart than their width (column slices) or columns not adjacent, mm's blocks of rows and mm_tn's blocks
     of the summed rows, empty dimensions, and, with 2 threads, the split of large products.
     float64 to 1e-12 of each product's scale; float32 to 1e-5."""
     ops = engines.load()
-    g = torch.Generator().manual_seed(threads)
+    g = torch.Generator().manual_seed(n_threads)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads(n_threads):
         shapes = [tuple(int(torch.randint(1, 70, (1,), generator=g)) for _ in range(3)) for _ in range(12)]
         # (300, 160, 130): 2^22.6 multiply-adds, split over threads; mm in 13 blocks of rows, mm_tn in 2 blocks of
         # C's rows (256 each); (40, 24, 3000): mm_tn's sum over 3000 rows in 12 blocks of 256; (70, 300, 500):
@@ -299,8 +305,6 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, threads):
             assert torch.equal(ops.mm(a, b, bias), bias.expand(M, N))
             at, bt = torch.randn(K, M, dtype=dtype), torch.randn(K, N, dtype=dtype)  # a sum over K rows
             assert torch.equal(ops.mm_tn(at, bt), torch.zeros(M, N, dtype=dtype) if K == 0 else at.t() @ bt)
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
@@ -374,13 +378,9 @@ def test_the_loop_runs_parallel_work_on_torchs_threads_with_one_openmp_runtime(c
     from pathlib import Path
 
     ops = engines.load()
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with threads(2):
         assert ops.parallel_threads() == 2
-        torch.set_num_threads(1)
+    with threads(1):
         assert ops.parallel_threads() == 1
-    finally:
-        torch.set_num_threads(previous)
     runtimes = set(re.findall(r"\S*lib(?:g|i)?omp\S*", Path("/proc/self/maps").read_text()))  # GNU, Intel, LLVM
     assert len(runtimes) <= 1, runtimes
