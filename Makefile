@@ -17,9 +17,12 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# compileall: an editable install is not byte-compiled, and where PYTHONDONTWRITEBYTECODE is set (these
+# machines) every command would compile rnnlab's sources again (~25 ms of the lab's start-up)
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e '.[dev]'
+	$(BIN)/python -m compileall -q src/rnnlab
 	$(BIN)/python -c "import sys, rnnlab.engine as e; sys.exit(e.main())"  # compile the manual BPTT's time loop once (cached), or say why not
 	touch $@
 

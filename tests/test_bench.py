@@ -105,7 +105,8 @@ def test_readme_speed_table_is_the_stored_benchmark_output():
 
 @pytest.mark.slow
 def test_the_startup_benchmark_times_both_commands(tmp_path):
-    """benchmarks/bench_startup.py runs `import torch` and `rnnlab lab` as fresh processes (no bound on the times)."""
+    """benchmarks/bench_startup.py runs `import torch` (with and without gc.freeze()) and `rnnlab lab` as fresh
+    processes (no bound on the times)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_startup", REPO / "benchmarks" / "bench_startup.py")
@@ -114,8 +115,10 @@ def test_the_startup_benchmark_times_both_commands(tmp_path):
     out = tmp_path / "startup.json"
     r = startup.main(["--repeats", "1", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
-    assert set(r["median"]) == {"import torch", "rnnlab lab"} and all(t > 0 for t in r["median"].values())
+    assert set(r["median"]) == {"import torch", "import torch; gc.freeze()", "rnnlab lab"}
+    assert all(t > 0 for t in r["median"].values())
     assert r["ratio"] == pytest.approx(r["median"]["rnnlab lab"] / r["median"]["import torch"])
+    assert r["ratio_same_exit"] == pytest.approx(r["median"]["rnnlab lab"] / r["median"]["import torch; gc.freeze()"])
     stored = json.loads((REPO / "benchmarks" / "results" / "bench_startup.json").read_text())
     assert startup.readme_sentence(stored) in (REPO / "README.md").read_text(encoding="utf-8")
 

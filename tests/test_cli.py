@@ -270,3 +270,23 @@ def test_explain_checks_its_out_before_the_work(run, tmp_path, capsys):
     assert main(["explain", "--checkpoint", str(run.out_dir), "a great film", "--out", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "not an rnnlab run" in err  # nothing printed before the refusal
+
+
+def test_the_script_freezes_the_heap_before_exit_and_main_leaves_the_collector_alone(run, capsys):
+    """`run` (the `rnnlab` script, `python -m rnnlab`) hands every live object to gc.freeze() once the command
+    has returned, so the shutdown's collections skip them; `main`, which this process calls, must not."""
+    import gc
+    import subprocess
+
+    import rnnlab.cli as cli
+
+    frozen = gc.get_freeze_count()
+    assert main(["predict", "--checkpoint", str(run.out_dir), "--json", "a fine film"]) == 0
+    assert gc.get_freeze_count() == frozen
+    capsys.readouterr()
+    assert '\nrnnlab = "rnnlab.cli:run"\n' in (Path(cli.__file__).parents[2] / "pyproject.toml").read_text()
+    assert "sys.exit(run())" in Path(cli.__file__).with_name("__main__.py").read_text()
+    code = ("import gc, rnnlab.cli as c\nc.main = lambda: 3\nassert gc.get_freeze_count() == 0\n"
+            "print(c.run(), gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "3" and int(out[1]) > 10_000, out  # main's return code passes through; torch's objects frozen

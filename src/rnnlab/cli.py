@@ -8,6 +8,7 @@ Heavy modules (plots, data, training) are imported inside the command that needs
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -667,5 +668,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> int:
+    """The `rnnlab` script and `python -m rnnlab`: `main`, then a quick exit.
+
+    After the command, the interpreter's shutdown runs the cyclic garbage collector over every object left
+    (~220,000 after torch and matplotlib are imported), several times: 0.2 s of the lab's 1.5 s, measured.
+    `gc.freeze()` moves them out of the collector's reach, so the shutdown only frees them; nothing is lost
+    (files are closed and checkpoints renamed before `main` returns; only finalisers of garbage still in
+    reference cycles go unrun, which Python does not promise at exit anyway). Only here, not in `main`, which
+    tests and notebooks call in a process that goes on.
+    """
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
