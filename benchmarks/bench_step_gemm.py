@@ -242,11 +242,13 @@ def all_steps_table(rounds: int) -> None:
     with torch.no_grad():
         for kind, name, rows, k, n in ALL_STEPS:
             a, bias = torch.randn(rows, k, generator=g), torch.randn(n, generator=g)
-            if kind == "mm":  # a (rows, k) @ b (k, n) + bias
-                b = torch.randn(k, n, generator=g)
-                b_rows = b.t().contiguous()  # (n, k): the library's weight layout
-                fs = (lambda a=a, b=b, bias=bias: ops.mm(a, b, bias),
-                      lambda a=a, w=b_rows, bias=bias: gemm.linear(a, w, bias))
+            if kind == "mm" and "U^T" in name:  # x U^T + b, U (n, k) as the cell holds it: mm copies U^T into
+                U = torch.randn(n, k, generator=g)  # padded rows (recurrent.compiled_input_projection)
+                fs = (lambda a=a, U=U, bias=bias: ops.mm(a, U.t(), bias),
+                      lambda a=a, U=U, bias=bias: gemm.linear(a, U, bias))
+            elif kind == "mm":  # dx = dp U, U (k, n), read as it is (recurrent._ManualBPTT.backward)
+                U = torch.randn(k, n, generator=g)
+                fs = (lambda a=a, U=U: ops.mm(a, U, None), lambda a=a, U=U: gemm.linear(a, U.t().contiguous()))
             else:  # a^T @ b: dp (rows, k)^T @ s (rows, n), a weight gradient
                 b = torch.randn(rows, n, generator=g)
                 fs = (lambda a=a, b=b: ops.mm_tn(a, b), lambda a=a, b=b: gemm.weight_grads(a, [b]))

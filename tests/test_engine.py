@@ -106,6 +106,15 @@ def test_compiled_equals_python_float32_at_vector_widths(compiled, kind):
                    dtype=torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_compiled_equals_python_where_the_weights_rows_are_padded(compiled, kind, dtype):
+    """H = 128: every step product's B (W^T forward, W backward) has rows a multiple of 512 bytes long and more
+    than 32 KB in all, so the loop reads a copy with padded rows (padded_rows in csrc/loop.cpp)."""
+    check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=3, B=3, E=5, H=128, ids=False, padded=True,
+               bias=True, phi="tanh", seed=7, dtype=dtype)
+
+
 def test_backward_twice_with_retain_buffers(compiled):
     """The compiled backward writes dp over its saved gates, like the Python one: retain_buffers keeps them."""
     cell = make_cell("gru", 3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -189,13 +198,7 @@ def test_a_run_records_its_engine_and_resumes_on_another(compiled, tmp_path):
 @pytest.mark.parametrize("kind,H", [("rnn", 256), ("lstm", 128), ("gru", 160), ("lstm", 512)])
 def test_compiled_equals_python_float32_at_training_sizes(compiled, kind, H):
     """B = 64 at training sizes: the micro-GEMM over many panels of columns and a partial one (GRU 160:
-    G*H = 480), and the LSTM at H = 512, whose step products go to oneDNN (gemm.MIN_MACS_STEP) with the
-    weight reordered once for it."""
-    from rnnlab.gemm import _onednn_works
-    from rnnlab.recurrent import STEP_MICRO, STEP_ONEDNN, _step_path
-
-    want = STEP_ONEDNN if H == 512 and _onednn_works() else STEP_MICRO
-    assert _step_path(make_cell(kind, 8, H), 64) == want
+    G*H = 480), its B in padded rows (RNN 256, LSTM 128 and 512), and the split of large products."""
     with threads(2):  # products of >= 2^22 multiply-adds are split over the threads
         check_same(kind, tol=1e-5, T=3, B=64, E=8, H=H, ids=False, padded=True, bias=True, phi="tanh", seed=5,
                    dtype=torch.float32)
@@ -230,19 +233,16 @@ def test_compiled_all_steps_products_through_the_libraries_above_micro_max_macs(
                    padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
 
 
-def test_the_step_product_is_the_micro_gemm_below_min_macs_step(compiled):
-    """The micro-GEMM makes every step's product below gemm.MIN_MACS_STEP multiply-adds and every float64
-    one; oneDNN takes float32 from there on. MKL's sgemm_/dgemm_ (for bench_step_gemm's comparison) are
-    found in torch's own library where it is built on MKL, as PyPI's x86 torch is."""
-    from rnnlab.recurrent import STEP_MICRO, STEP_ONEDNN, _has_blas, _step_path
+def test_the_step_product_is_the_micro_gemm(compiled):
+    """The micro-GEMM makes every step's product, whatever its size and dtype. MKL's sgemm_/dgemm_ (for
+    bench_step_gemm's comparison) are found in torch's own library where it is built on MKL, as PyPI's x86
+    torch is."""
+    from rnnlab.recurrent import STEP_MICRO, _has_blas, _step_path
 
     assert _has_blas(False) == _has_blas(True) == torch.backends.mkl.is_available()
     for dtype in (torch.float32, torch.float64):
-        assert _step_path(make_cell("lstm", 8, 32, dtype=dtype), 64) == STEP_MICRO  # 2^18 multiply-adds
-        assert _step_path(make_cell("rnn", 8, 512, dtype=dtype), 64) == STEP_MICRO  # 2^24
-    assert _step_path(make_cell("gru", 8, 512, dtype=torch.float32), 64) == (
-        STEP_ONEDNN if gemm._onednn_works() else STEP_MICRO)  # 1.5 * 2^25
-    assert _step_path(make_cell("gru", 8, 512, dtype=torch.float64), 64) == STEP_MICRO  # oneDNN: float32 only
+        for kind, H in (("lstm", 32), ("rnn", 512), ("lstm", 512), ("gru", 512)):
+            assert _step_path(make_cell(kind, 8, H, dtype=dtype), 64) == STEP_MICRO
 
 
 @pytest.mark.parametrize("path", ["aten", "blas", "onednn", "micro"])
@@ -271,17 +271,17 @@ def test_every_step_product_path_equals_python(compiled, monkeypatch, kind, path
 def test_micro_gemm_equals_torch_mm(compiled, dtype, n_threads):
     """The micro-GEMM's two entry points against torch.mm: a @ b (+ bias) and a^T @ b, random shapes that
     cover whole and partial vectors and panels, row tiles and their remainders, operands with rows further
-    apart than their width (column slices) or columns not adjacent, mm's blocks of rows and mm_tn's blocks
-    of the summed rows, empty dimensions, and, with 2 threads, the split of large products.
+    apart than their width (column slices) or columns not adjacent, blocks of C's rows and columns and of the
+    summed k, empty dimensions, and, with 2 threads, the split of large products.
     float64 to 1e-12 of each product's scale; float32 to 1e-5."""
     ops = engines.load()
     g = torch.Generator().manual_seed(n_threads)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     with threads(n_threads):
         shapes = [tuple(int(torch.randint(1, 70, (1,), generator=g)) for _ in range(3)) for _ in range(12)]
-        # (300, 160, 130): 2^22.6 multiply-adds, split over threads; mm in 13 blocks of rows, mm_tn in 2 blocks of
-        # C's rows (256 each); (40, 24, 3000): mm_tn's sum over 3000 rows in 12 blocks of 256; (70, 300, 500):
-        # 2 blocks of C's columns, each a thread's
+        # (300, 160, 130): 2^22.6 multiply-adds, split over threads, in 2 blocks of C's rows (256 each);
+        # (40, 24, 3000): a sum over 3000 rows in 12 blocks of 256; (70, 300, 500): 2 blocks of C's columns,
+        # each a thread's, and 2 of k (the bias added in the first only)
         shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130), (40, 24, 3000), (200, 100, 3000), (70, 300, 500)]
         for M, N, K in shapes:
             a = torch.randn(M, K + 3, generator=g, dtype=dtype)[:, 1 : K + 1]  # rows K + 3 apart
@@ -295,9 +295,13 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, n_threads):
             assert torch.equal(bias, kept)  # the bias is read, never written (M = 1 once aliased it)
             at = torch.randn(K, M + 5, generator=g, dtype=dtype)[:, 2 : M + 2]  # a^T with rows M + 5 apart
             assert rel_err(ops.mm_tn(at, b), at.t() @ b) <= tol, (M, N, K)
-        # columns not adjacent (permuted features): copied first, not refused
+        # columns not adjacent (permuted features): copied first, not refused; mm's b (here U^T, 1 KB rows) into
+        # padded rows
         a, b = torch.randn(9, 7, generator=g, dtype=dtype).t(), torch.randn(5, 9, generator=g, dtype=dtype).t()
         assert rel_err(ops.mm(a, b, None), a @ b) <= tol and rel_err(ops.mm_tn(b, b), b.t() @ b) <= tol
+        a, U = torch.randn(70, 40, generator=g, dtype=dtype), torch.randn(1024 // a.element_size(), 40, generator=g,
+                                                                          dtype=dtype)
+        assert rel_err(ops.mm(a, U.t(), None), a @ U.t()) <= tol
         # empty sums are zeros; empty results are empty (no division by a zero size)
         for M, N, K in ((3, 4, 0), (0, 4, 5), (3, 0, 5), (0, 0, 0)):
             a, b, bias = torch.randn(M, K, dtype=dtype), torch.randn(K, N, dtype=dtype), torch.randn(N, dtype=dtype)

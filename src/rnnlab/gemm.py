@@ -26,13 +26,6 @@ MIN_MACS = 1 << 22  # below ~4M multiply-adds the call overhead outweighs the fa
 # beats copy + oneDNN for them up to ~2^24 multiply-adds (H = 64 with G = 3 gates: 286 us vs 250 us),
 # and loses from 2^25 on (H = 128, G = 1: 279 us vs 336 us).
 MIN_MACS_STRIDED = 1 << 25
-# The compiled loop's per-step product (csrc/loop.cpp) is its own micro-GEMM, except for float32 products of
-# at least this many multiply-adds, which go to oneDNN (called from C++, the weight reordered once).
-# `python benchmarks/bench_step_gemm.py --unroll --hidden 32 128 256 512` (one layer's forward + backward,
-# B = 64, T = 32, one thread), ms with oneDNN / with the micro-GEMM: LSTM at H = 512 (2^26) 111 / 121, GRU
-# at 512 (1.5 * 2^25) 82 / 85; RNN at 512 (2^24) 30 / 27, LSTM at 256 (2^24) 31.6 / 30.9; below that the
-# micro-GEMM wins by more (LSTM at 128: 9.1 / 7.9; at 32: 1.5 / 0.7, where oneDNN's call cost dominates).
-MIN_MACS_STEP = 1 << 25
 
 _onednn_ok: bool | None = None  # decided on first use
 _onednn_bw_ok: bool | None = None  # the backward-weights op of weight_grad, decided on first use

@@ -51,7 +51,7 @@ import functools
 
 import torch
 
-from rnnlab import choices, gemm
+from rnnlab import choices
 from rnnlab import engine as engines
 from rnnlab.cells import Buffers, Cell, State, make_cell
 from rnnlab.gemm import linear
@@ -260,14 +260,13 @@ STEP_ATEN, STEP_BLAS, STEP_ONEDNN, STEP_MICRO = 0, 1, 2, 3  # how the loop makes
 
 def _step_path(cell: Cell, B: int) -> int:
     """How the compiled loop makes each step's product, forward (B, H) x (H, G*H) and backward
-    (B, G*H) x (G*H, H): its own register-blocked micro-GEMM (csrc/loop.cpp), except for float32
-    products of at least gemm.MIN_MACS_STEP multiply-adds, which go to oneDNN (where it works): there
-    its cache-blocked kernel beats the micro-GEMM and its ~9 us call no longer matters. Measured per shape
-    by benchmarks/bench_step_gemm.py, which also times MKL's sgemm_/dgemm_ called directly (STEP_BLAS)
-    and ATen's mm (STEP_ATEN), the paths kept for that comparison."""
-    W = cell.W.detach()
-    if W.dtype == torch.float32 and B * W.shape[0] * W.shape[1] >= gemm.MIN_MACS_STEP and gemm._onednn_works():
-        return STEP_ONEDNN
+    (B, G*H) x (G*H, H): its own register-blocked micro-GEMM (csrc/loop.cpp), at every size and dtype.
+    `python benchmarks/bench_step_gemm.py --unroll --hidden 32 128 256 512` times one layer's forward +
+    backward with each path forced (stored in benchmarks/results/bench_step_gemm.txt): the micro-GEMM is the
+    fastest at every H, oneDNN within 1-3% of it at H = 512 (the micro-GEMM reads W in padded rows; without
+    them oneDNN won there by 9%). The other paths, ATen's mm (STEP_ATEN), MKL's sgemm_/dgemm_ called
+    directly (STEP_BLAS) and oneDNN (STEP_ONEDNN, its weight reordered once per sequence), are kept for that
+    comparison; the benchmark sets them through this function."""
     return STEP_MICRO
 
 
@@ -278,18 +277,18 @@ def _has_blas(f64: bool) -> bool:
 
 
 # The all-steps products of more multiply-adds than these go to the libraries (rnnlab.gemm: oneDNN where it
-# works), whose packed, cache-blocked kernels win there; the micro-GEMM does not pack its operands.
-# `python benchmarks/bench_step_gemm.py --all-steps` times one product each way (stored, one and two threads:
-# benchmarks/results/bench_all_steps.txt), ms micro / library on one thread: the input projection and dx
-# (MICRO_MAX_MACS) at the LSTM's H = 128 (2^27) 1.50 / 1.09 and 0.97 / 1.02 (whole training steps alike
-# either way, 7.54 / 7.54 ms), at H = 512 (2^31) 24.4 / 17.9 and 24.0 / 16.3; the weight gradients
-# dp^T s, dp^T x, cache-blocked (MICRO_MAX_MACS_GRAD, per cell): LSTM at 128 0.99 / 1.24, RNN at 512 (2^29)
-# 4.00 / 4.49, LSTM at 512 (2^31) 19.7 / 18.6, the LM's LSTM 256 (6400 rows, 1.6 * 2^30) 17.4 / 16.7. The
-# GRU's library path for dW copies dp's r, z columns transposed (gemm.linear), which the micro-GEMM reads in
-# place: its whole step at H = 512 (1.5 * 2^30) took 85.5 ms against 90.8, so the GRU keeps the micro-GEMM
-# to 2^31. On two threads whole LM steps ran alike either way (2 x LSTM 256: 119 / 120 ms; 2 x LSTM 640,
-# batch 32: 315 / 313 ms).
-MICRO_MAX_MACS = 1 << 27
+# works). `python benchmarks/bench_step_gemm.py --all-steps` times one product each way (stored, one and two
+# threads: benchmarks/results/bench_all_steps.txt), ms micro / library on one thread: the input projection
+# x U^T (mm copies U^T into padded rows) at the LSTM's H = 128 (2^27) 1.04 / 1.02, at H = 512 (2^31)
+# 16.9 / 16.3; dx = dp U 0.99 / 1.02 and 16.2 / 17.0. Whole training steps with both on the micro-GEMM
+# against both on the library: the RNN at H = 512 3.5% faster (three runs), the LSTM and GRU at 512 alike;
+# so MICRO_MAX_MACS is the largest size measured. The weight gradients dp^T s, dp^T x (MICRO_MAX_MACS_GRAD,
+# per cell): LSTM at 128 1.00 / 1.26, RNN at 512 (2^29) 4.10 / 4.54, LSTM at 512 (2^31) 19.9 / 18.9, the LM's
+# LSTM 256 (6400 rows, 1.6 * 2^30) 16.9 / 16.1. The GRU's library path for dW copies dp's r, z columns
+# transposed (gemm.linear), which the micro-GEMM reads in place: its whole step at H = 512 (1.5 * 2^30) took
+# 85.5 ms against 90.8, so the GRU keeps the micro-GEMM to 2^31. On two threads whole LM steps ran alike
+# either way (2 x LSTM 256: 119 / 120 ms; 2 x LSTM 640, batch 32: 315 / 313 ms).
+MICRO_MAX_MACS = 1 << 31
 MICRO_MAX_MACS_GRAD = {"rnn": 1 << 29, "lstm": 1 << 29, "gru": 1 << 31}
 
 
@@ -301,7 +300,7 @@ def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
     E = x.shape[2]
     U = cell.U.detach()
     b = None if cell.b is None else cell.b.detach()
-    return engines.load().mm(x.reshape(T * B, E), U.t().contiguous(), b).view(T, B, -1)  # x_t U^T + b
+    return engines.load().mm(x.reshape(T * B, E), U.t(), b).view(T, B, -1)  # x_t U^T + b (mm copies U^T)
 
 
 def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: torch.Tensor | None) -> dict:

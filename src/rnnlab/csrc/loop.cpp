@@ -2,7 +2,7 @@
 // forward_t / local_derivatives / backward_t in cells.py, for all three cells, float32 and float64.
 //
 // Per time step, each way: one matrix product into a preallocated buffer, by the register-blocked
-// micro-GEMM written below (oneDNN's for large float32 products; see Path and recurrent._step_path), and
+// micro-GEMM written below (the other ways, kept to compare with it: see Path and recurrent._step_path), and
 // one fused point-wise pass over the batch rows, vectorised with ATen's at::vec::Vectorized (exp from
 // SLEEF, as torch's own kernels; tanh from SLEEF in float64 and a rational approximation in float32).
 // The all-steps products (the input projection p_t = U x_t + b, dx, and the weight gradients dW, dU,
@@ -177,63 +177,61 @@ void micro_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t
   else run(0, panels);
 }
 
-// The same for a tall A (the all-steps products x U^T and dp U: M = T*B rows): in blocks of rows that fit
-// in L1 (~32 KB of A), each meeting every panel of B before the next block, so A is read from memory once
-// instead of once per panel (measured: the LSTM's input projection at H = 128, 79 -> 93 GMAC/s).
-template <typename T>
-void micro_gemm_tall(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
-                     int64_t ldc, const T* bias) {
-  const int64_t fit = (int64_t(1) << 15) / (int64_t(sizeof(T)) * std::max<int64_t>(K, 1));  // rows in 32 KB
-  const int64_t rows = std::max<int64_t>(TILE_ROWS, fit / TILE_ROWS * TILE_ROWS);
-  const int64_t blocks = (M + rows - 1) / rows;
-  auto run = [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t i = q * rows;
-      micro_gemm<T>(std::min(rows, M - i), N, K, a + i * lda, lda, 1, b, ldb, c + i * ldc, ldc, false, bias);
-    }
-  };
-  if (M * N * K >= PARALLEL_MACS && blocks > 1 && at::get_num_threads() > 1) at::parallel_for(0, blocks, 1, run);
-  else run(0, blocks);
-}
-
-// The same over a long reduction (the weight gradients' sum over all T*B rows), cache-blocked: C in blocks
-// of 256 x 256 (256 KB in float32) that stay in the core's L2 while the whole sum runs into them, k in blocks
-// of 256 (A's and B's rows for the block: 256 KB each; 768 KB in all, in a 1 MB L2). A and B are then read
-// from memory N/256 and M/256 times and C once, where an unblocked sum streams A once per panel of 32
-// columns. Threads take whole blocks of C. (Measured, one thread: the GRU's dU at H = 512 at 131 GMAC/s
-// with k-blocks of 256, 113 with 128; 128 x 256 blocks of C with k-blocks of 512 no better.)
+// The all-steps products (the input projection x U^T + b and dx = dp U over all T*B rows; the weight
+// gradients' sums over those rows, A read transposed), cache-blocked: C in blocks of 256 x 256 (256 KB in
+// float32) that stay in the core's L2 while the whole sum runs into them, k in blocks of 256 (A's and B's
+// rows for the block: 256 KB each; 768 KB in all, in a 1 MB L2). A and B are then read from memory N/256
+// and M/256 times and C once, where an unblocked product streams B once per few rows of A. Threads take
+// whole blocks of C. (Measured, one thread: the GRU's dU at H = 512 at 131 GMAC/s with k-blocks of 256, 113
+// with 128; 128 x 256 blocks of C with k-blocks of 512 no better; dx = dp U for the LSTM at H = 512,
+// 2048 x 2048 x 512, 95 GMAC/s in row blocks of A that fit L1 against every panel of B, 131 blocked.)
 template <typename T>
 void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb,
-                        T* c, int64_t ldc) {
+                        T* c, int64_t ldc, const T* bias = nullptr) {
   constexpr int64_t MC = 256, NC = 256, KC = 256;
   const int64_t mb = (M + MC - 1) / MC, nb = (N + NC - 1) / NC;
   auto run = [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t i = q / nb * MC, j = q % nb * NC, m = std::min(MC, M - i), n = std::min(NC, N - j);
-      if (K == 0) micro_gemm<T>(m, n, 0, a, ai, ak, b, ldb, c + i * ldc + j, ldc, false);  // an empty sum: zeros
+      const T* bj = bias ? bias + j : nullptr;  // the first k-block starts from the bias
+      if (K == 0) micro_gemm<T>(m, n, 0, a, ai, ak, b, ldb, c + i * ldc + j, ldc, false, bj);  // an empty sum
       for (int64_t k = 0; k < K; k += KC)
         micro_gemm<T>(m, n, std::min(KC, K - k), a + i * ai + k * ak, ai, ak, b + k * ldb + j, ldb, c + i * ldc + j,
-                      ldc, k > 0);
+                      ldc, k > 0, k > 0 ? nullptr : bj);
     }
   };
   if (M * N * K >= PARALLEL_MACS && mb * nb > 1 && at::get_num_threads() > 1) at::parallel_for(0, mb * nb, 1, run);
   else run(0, mb * nb);
 }
 
-// How a step's product is made, chosen by recurrent.py (_step_path): the micro-GEMM above (the default),
-// or oneDNN for float32 products from gemm.MIN_MACS_STEP multiply-adds (its blocked kernel wins there;
-// ~9 us more per call), or, kept to compare with them (benchmarks/bench_step_gemm.py), ATen's mm and MKL's
-// gemm called directly (no dispatcher, y += x w^T in the same call).
+// A copy of the matrix m (K, N) whose rows lie ld >= N elements apart, for the micro-GEMM's B: where a row
+// is a multiple of 512 bytes long (N = 128, 512, 2048 floats: every hidden size a power of two), consecutive
+// rows would fall into the same few sets of the L1 cache (64 sets, 4 KB apart) and evict each other while a
+// tile reads down a panel; one more vector per row spreads them over every set. (Measured, one thread: the
+// LSTM's step product at H = 512, 64 x 512 x 2048, 120 -> 137 GMAC/s; its input projection 109 -> 130.)
+Tensor padded_rows(const Tensor& m) {
+  const int64_t K = m.size(0), N = m.size(1), size = m.element_size();
+  const bool pad = (N * size) % 512 == 0 && K * N * size > (int64_t(1) << 15);  // (within 32 KB: in L1 anyway)
+  if (!pad) return m.contiguous();
+  Tensor p = at::empty({K, N + 64 / size}, m.options()).narrow(1, 0, N);
+  p.copy_(m.contiguous());  // a transposed m straight into p takes ATen's slow strided copy (2.3 ms against 0.6
+  return p;                 // for the LSTM's W^T at H = 512)
+}
+
+// How a step's product is made, chosen by recurrent.py (_step_path): the micro-GEMM above, or, kept to
+// compare with it (benchmarks/bench_step_gemm.py), oneDNN (the weight reordered once; ~9 us per call), ATen's
+// mm and MKL's gemm called directly (no dispatcher, y += x w^T in the same call).
 enum Path : int64_t { ATEN = 0, BLAS = 1, ONEDNN = 2, MICRO = 3 };
 
 // y = x @ w^T into `out` (B, N), x (B, K) contiguous, w (N, K). oneDNN's op returns a new tensor.
 struct Product {
-  Tensor w, w_t, wt;  // wt = w^T contiguous (K, N): the micro-GEMM's B, its rows read whole
+  Tensor w, w_t, wt;  // wt = w^T (K, N), rows contiguous (padded_rows): the micro-GEMM's B, its rows read whole
   int64_t path;
-  // weight may be a transposed view (the backward's W^T): the micro-GEMM then reads W itself, uncopied
+  // weight may be a transposed view (the backward's W^T): the micro-GEMM then reads W itself (uncopied unless
+  // its rows get padded)
   Product(const Tensor& weight, int64_t path_) : path(path_) {
     if (path == MICRO) {
-      wt = weight.t().contiguous();
+      wt = padded_rows(weight.t());
       return;
     }
     w = weight.contiguous();
@@ -250,7 +248,7 @@ struct Product {
   template <typename T>
   void micro(const T* x, int64_t B, Tensor& out, bool accumulate) const {
     const int64_t K = wt.size(0), N = wt.size(1);
-    micro_gemm<T>(B, N, K, x, K, 1, wt.data_ptr<T>(), N, out.data_ptr<T>(), N, accumulate);
+    micro_gemm<T>(B, N, K, x, K, 1, wt.data_ptr<T>(), wt.stride(0), out.data_ptr<T>(), N, accumulate);
   }
   void gemm(const Tensor& x, Tensor& out, bool accumulate) const {  // out (+)= x @ w^T, rows contiguous
     TORCH_INTERNAL_ASSERT(x.is_contiguous() && out.is_contiguous());
@@ -638,13 +636,14 @@ Tensor gru_backward(Tensor dP, Tensor h, Tensor ghn, Tensor W, Tensor dh, std::o
 
 // The all-steps products, by the micro-GEMM: a @ b (+ bias on every row), and a^T @ b. a and b: 2-D CPU
 // matrices whose rows may be further apart than their width (e.g. a column slice); operands whose columns
-// are not adjacent (a view of permuted features) are copied first. bias: (N) or none.
+// are not adjacent (a transposed view such as U^T, or permuted features) are copied first, b into padded
+// rows (padded_rows). bias: (N) or none.
 void check_operands(Tensor& a, Tensor& b, int64_t k_a) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(k_a) == b.size(0) && a.scalar_type() == b.scalar_type() &&
               a.device().is_cpu() && b.device().is_cpu(), "rnnlab_loop: mm operands must be 2-D CPU matrices of one dtype");
   auto unit = [](const Tensor& t) { return t.size(1) == 1 || t.stride(1) == 1; };  // a one-column stride is moot
   if (!unit(a)) a = a.contiguous();
-  if (!unit(b)) b = b.contiguous();
+  if (!unit(b)) b = padded_rows(b);
 }
 
 Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b (K, N) [+ bias]
@@ -654,8 +653,8 @@ Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b 
   TORCH_CHECK(!bias_.defined() || (bias_.numel() == N && bias_.scalar_type() == a.scalar_type()),
               "rnnlab_loop: mm's bias must have one value per column of the result");
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm", [&] {
-    micro_gemm_tall<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), a.stride(0), b.data_ptr<scalar_t>(), b.stride(0),
-                              c.data_ptr<scalar_t>(), N, bias_.defined() ? bias_.data_ptr<scalar_t>() : nullptr);
+    micro_gemm_blocked<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), a.stride(0), 1, b.data_ptr<scalar_t>(), b.stride(0),
+                                 c.data_ptr<scalar_t>(), N, bias_.defined() ? bias_.data_ptr<scalar_t>() : nullptr);
   });
   return c;
 }
