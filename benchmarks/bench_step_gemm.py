@@ -4,8 +4,8 @@ Each time step of csrc/loop.cpp makes one product y = x @ w^T with x (B, K) and 
 W s_{t-1} (K = H, N = G*H) and backward W^T dp (K = G*H, N = H), G = 1 / 4 / 3 gate blocks for the
 RNN / LSTM / GRU, B = 64. Timed here, in a tight loop from C++ (no Python per call), one thread:
 
-    mm_out    at::mm_out(y, x, w^T)                  ATen's dispatcher -> MKL sgemm (loop.cpp's small path)
-    onednn    mkldnn::_linear_pointwise, boxed call  oneDNN, weight reordered once (loop.cpp's large path);
+    mm_out    at::mm_out(y, x, w^T)                  ATen's dispatcher -> MKL sgemm (loop.cpp's ATEN path)
+    onednn    mkldnn::_linear_pointwise, boxed call  oneDNN, weight reordered once (loop.cpp's ONEDNN path);
                                                      returns a new tensor each call
     sgemm     sgemm_ called directly                 MKL, no dispatcher; Fortran API, column-major
     packed    sgemm_compute_ on a packed w           MKL's packed GEMM: w packed once (pack_us, the cost
@@ -19,8 +19,8 @@ per round, so a change of load hits all of them) and the median round is reporte
 A tight loop flatters oneDNN: its ~9 us per call buys more there than inside the loop, where each product
 meets a point-wise pass between calls and oneDNN writes a fresh tensor each step. So `--unroll` times the
 thing itself: one compiled layer's forward + backward (B = 64, T = 32) with the product forced to each path,
-the loop's own micro-GEMM (csrc/loop.cpp, "micro") included; gemm.MIN_MACS_STEP, the rule of
-recurrent._step_path, is set from that table and from whole training steps (see gemm.py).
+the loop's own micro-GEMM (csrc/loop.cpp, "micro") included; recurrent._step_path, which picks the
+micro-GEMM at every size, is decided from that table and from whole training steps.
 
 Usage: python benchmarks/bench_step_gemm.py [--rounds 7] [--block-ms 20] [--hidden 32 128 512] [--unroll]
        python benchmarks/bench_step_gemm.py --all-steps [--threads 2]   (the products over all steps)

@@ -279,15 +279,17 @@ def _has_blas(f64: bool) -> bool:
 # The all-steps products of more multiply-adds than these go to the libraries (rnnlab.gemm: oneDNN where it
 # works). `python benchmarks/bench_step_gemm.py --all-steps` times one product each way (stored, one and two
 # threads: benchmarks/results/bench_all_steps.txt), ms micro / library on one thread: the input projection
-# x U^T (mm copies U^T into padded rows) at the LSTM's H = 128 (2^27) 1.04 / 1.02, at H = 512 (2^31)
-# 16.9 / 16.3; dx = dp U 0.99 / 1.02 and 16.2 / 17.0. Whole training steps with both on the micro-GEMM
-# against both on the library: the RNN at H = 512 3.5% faster (three runs), the LSTM and GRU at 512 alike;
-# so MICRO_MAX_MACS is the largest size measured. The weight gradients dp^T s, dp^T x (MICRO_MAX_MACS_GRAD,
-# per cell): LSTM at 128 1.00 / 1.26, RNN at 512 (2^29) 4.10 / 4.54, LSTM at 512 (2^31) 19.9 / 18.9, the LM's
-# LSTM 256 (6400 rows, 1.6 * 2^30) 16.9 / 16.1. The GRU's library path for dW copies dp's r, z columns
+# x U^T (mm copies U^T into padded rows) at the LSTM's H = 512 (2^31) 17.5 / 17.0; dx = dp U at H = 128
+# 1.03 / 1.09, at 512 16.7 / 17.6. (The table's first row, x U^T at H = 128, 1.63 / 1.16, runs at 1.03-1.07
+# in a process of its own, scratch timings.) Whole training steps with both on the micro-GEMM against both
+# on the library: the RNN at H = 512 3.5% faster (three runs), the LSTM and GRU at 512 alike, the LM
+# (2 x LSTM 256) 5% faster on one thread and 8% on two; so MICRO_MAX_MACS is the largest size measured.
+# The weight gradients dp^T s, dp^T x (MICRO_MAX_MACS_GRAD, per cell): LSTM at 128 1.05 / 1.30, RNN at 512
+# (2^29) 4.21 / 4.74, LSTM at 512 (2^31) 20.1 / 18.8, the LM's LSTM 256 (6400 rows, 1.6 * 2^30)
+# 17.9 / 16.7. The GRU's library path for dW copies dp's r, z columns
 # transposed (gemm.linear), which the micro-GEMM reads in place: its whole step at H = 512 (1.5 * 2^30) took
 # 85.5 ms against 90.8, so the GRU keeps the micro-GEMM to 2^31. On two threads whole LM steps ran alike
-# either way (2 x LSTM 256: 119 / 120 ms; 2 x LSTM 640, batch 32: 315 / 313 ms).
+# with either weight-gradient path (2 x LSTM 256: 119 / 120 ms; 2 x LSTM 640, batch 32: 315 / 313 ms).
 MICRO_MAX_MACS = 1 << 31
 MICRO_MAX_MACS_GRAD = {"rnn": 1 << 29, "lstm": 1 << 29, "gru": 1 << 31}
 
