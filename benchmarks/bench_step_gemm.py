@@ -232,7 +232,7 @@ def all_steps_table(rounds: int) -> None:
     """ms per all-steps product, float32, at torch's thread count: the compiled engine's micro-GEMM
     (torch.ops.rnnlab_loop.mm / mm_tn) against the library path rnnlab.gemm takes (linear: oneDNN or
     BLAS; weight_grads: oneDNN's backward-weights kernel with its conversions). Median of interleaved rounds.
-    recurrent.MICRO_MAX_MACS and MICRO_MAX_MACS_GRAD are set from this and from whole training steps."""
+    recurrent.MICRO_MAX_MACS is set from this and from whole training steps."""
     from rnnlab import engine, gemm
 
     ops = engine.load()

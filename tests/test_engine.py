@@ -221,13 +221,11 @@ def test_compiled_takes_inputs_whose_features_are_not_adjacent(compiled):
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_compiled_all_steps_products_through_the_libraries_above_micro_max_macs(compiled, monkeypatch, kind):
-    """Input projection and dx of more than MICRO_MAX_MACS multiply-adds, and weight gradients of more than
-    MICRO_MAX_MACS_GRAD, go to rnnlab.gemm (oneDNN / torch's BLAS) instead of the micro-GEMM: forced here
-    at a small size."""
+    """Input projections, dx and weight gradients of more than MICRO_MAX_MACS multiply-adds go to rnnlab.gemm
+    (oneDNN / torch's BLAS) instead of the micro-GEMM: forced here at a small size."""
     from rnnlab import recurrent
 
     monkeypatch.setattr(recurrent, "MICRO_MAX_MACS", 0)
-    monkeypatch.setattr(recurrent, "MICRO_MAX_MACS_GRAD", dict.fromkeys(recurrent.MICRO_MAX_MACS_GRAD, 0))
     for seed, dtype in enumerate((torch.float64, torch.float32)):
         check_same(kind, tol=1e-12 if dtype == torch.float64 else 1e-5, T=5, B=6, E=4, H=19, ids=False,
                    padded=True, bias=True, phi="tanh", seed=seed, dtype=dtype)
@@ -281,8 +279,10 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, n_threads):
         shapes = [tuple(int(torch.randint(1, 70, (1,), generator=g)) for _ in range(3)) for _ in range(12)]
         # (300, 160, 130): 2^22.6 multiply-adds, split over threads, in 2 blocks of C's rows (256 each);
         # (40, 24, 3000): a sum over 3000 rows in 12 blocks of 256; (70, 300, 500): 2 blocks of C's columns,
-        # each a thread's, and 2 of k (the bias added in the first only)
-        shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130), (40, 24, 3000), (200, 100, 3000), (70, 300, 500)]
+        # each a thread's, and 2 of k (the bias added in the first only); (200, 100, 3000) and (300, 70, 1000):
+        # >= 2^24, so mm_tn copies A^T's k-blocks (whole and partial, of 256 rows and fewer) into padded rows
+        shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130), (40, 24, 3000), (200, 100, 3000), (70, 300, 500),
+                   (300, 70, 1000)]
         for M, N, K in shapes:
             a = torch.randn(M, K + 3, generator=g, dtype=dtype)[:, 1 : K + 1]  # rows K + 3 apart
             b = torch.randn(K, N + 4, generator=g, dtype=dtype)[:, 2 : N + 2]  # rows N + 4 apart

@@ -278,8 +278,10 @@ def _fastest_product_seconds(M: int, K: int, N: int, device, repeats: int) -> fl
     candidates = [lambda: torch.mm(a, b)]
     if device.type == "cpu" and _onednn_works():
         candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b_rows, None, "none", [], ""))
-    if device.type == "cpu" and engines.available():  # the compiled engine's own micro-GEMM (csrc/loop.cpp)
-        candidates.append(lambda: engines.load().mm(a, b, None))
+    if device.type == "cpu" and engines.available():  # the compiled engine's own micro-GEMM (csrc/loop.cpp),
+        # on b as it is and on b in rows one vector longer, as the engine lays its weights out (padded_rows)
+        b_padded = torch.empty(K, N + 16)[:, :N].copy_(b)
+        candidates += [lambda: engines.load().mm(a, b, None), lambda: engines.load().mm(a, b_padded, None)]
     best = float("inf")
     reps = max(1, min(200, int(2e7 // (M * K * N) + 1)))  # ~tens of ms per timing
     with torch.no_grad():

@@ -276,22 +276,19 @@ def _has_blas(f64: bool) -> bool:
     return bool(engines.load().has_blas(f64))
 
 
-# The all-steps products of more multiply-adds than these go to the libraries (rnnlab.gemm: oneDNN where it
-# works). `python benchmarks/bench_step_gemm.py --all-steps` times one product each way (stored, one and two
-# threads: benchmarks/results/bench_all_steps.txt), ms micro / library on one thread: the input projection
-# x U^T (mm copies U^T into padded rows) at the LSTM's H = 512 (2^31) 17.5 / 17.0; dx = dp U at H = 128
-# 1.03 / 1.09, at 512 16.7 / 17.6. (The table's first row, x U^T at H = 128, 1.63 / 1.16, runs at 1.03-1.07
-# in a process of its own, scratch timings.) Whole training steps with both on the micro-GEMM against both
-# on the library: the RNN at H = 512 3.5% faster (three runs), the LSTM and GRU at 512 alike, the LM
-# (2 x LSTM 256) 5% faster on one thread and 8% on two; so MICRO_MAX_MACS is the largest size measured.
-# The weight gradients dp^T s, dp^T x (MICRO_MAX_MACS_GRAD, per cell): LSTM at 128 1.05 / 1.30, RNN at 512
-# (2^29) 4.21 / 4.74, LSTM at 512 (2^31) 20.1 / 18.8, the LM's LSTM 256 (6400 rows, 1.6 * 2^30)
-# 17.9 / 16.7. The GRU's library path for dW copies dp's r, z columns
-# transposed (gemm.linear), which the micro-GEMM reads in place: its whole step at H = 512 (1.5 * 2^30) took
-# 85.5 ms against 90.8, so the GRU keeps the micro-GEMM to 2^31. On two threads whole LM steps ran alike
-# with either weight-gradient path (2 x LSTM 256: 119 / 120 ms; 2 x LSTM 640, batch 32: 315 / 313 ms).
-MICRO_MAX_MACS = 1 << 31
-MICRO_MAX_MACS_GRAD = {"rnn": 1 << 29, "lstm": 1 << 29, "gru": 1 << 31}
+# All-steps products of more multiply-adds than this go to the libraries (rnnlab.gemm: oneDNN where it works),
+# for sizes beyond those measured. `python benchmarks/bench_step_gemm.py --all-steps` times each product both
+# ways (stored, one and two threads: benchmarks/results/bench_all_steps.txt); ms micro / library, one thread:
+# the input projection x U^T (mm copies U^T into padded rows) at the LSTM's H = 128 1.06 / 1.01, at H = 512
+# (2^31) 17.2 / 16.5; dx = dp U 1.00 / 1.04 and 16.4 / 17.1; the weight gradients dp^T s (the library: oneDNN's
+# backward-weights kernel, with its conversions) LSTM at 128 1.05 / 1.27, RNN at 512 4.27 / 4.78, GRU at 512
+# 14.0 / 14.7, LSTM at 512 17.6 / 18.7, the LM's LSTM 256 (6400 rows) 14.3 / 15.9, an LSTM at 640 (3200 rows,
+# 2^32.3) 44.7 / 44.1. (On two threads the library's input projection is ahead, 0.58 / 0.78 ms at H = 128:
+# mm's copy of U^T runs on one thread.)
+# Whole training steps with every product on the micro-GEMM against the library for the large ones (the
+# previous rule), scratch timings, one thread: the RNN at H = 512 3.5% faster, the LSTM at 512 6.6%, the LM
+# (2 x LSTM 256) 2.9%; on two threads the LSTM at 512 5.0%, the LM 4.2%.
+MICRO_MAX_MACS = 1 << 33
 
 
 def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
@@ -309,11 +306,10 @@ def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: tor
     """`cell.weight_grads` with the compiled loop's micro-GEMM: dW = sum_t dgh_t^T s_{t-1}, and for vector
     inputs dU = sum_t dp_t^T x_t (db = sum_t dp_t is left to `_ManualBPTT.backward`, as for token ids);
     it reads dp^T in place (no transposed copy). Products
-    of more than MICRO_MAX_MACS_GRAD[cell] multiply-adds go to `cell.weight_grads` (oneDNN's
-    backward-weights kernel; see MICRO_MAX_MACS_GRAD)."""
+    of more than MICRO_MAX_MACS multiply-adds go to `cell.weight_grads` (oneDNN's backward-weights kernel)."""
     H, GH = cell.hidden_size, buf.dp.shape[-1]
     dp = buf.dp.view(-1, GH)
-    if dp.shape[0] * GH * max(H, cell.input_size if x is not None else 0) > MICRO_MAX_MACS_GRAD[cell.name]:
+    if dp.shape[0] * GH * max(H, cell.input_size if x is not None else 0) > MICRO_MAX_MACS:
         return cell.weight_grads(buf, h_prev, x)
     mm_tn = engines.load().mm_tn
     if cell.name == "gru":  # dgh = [dr, dz, dn * r]: its rz part is dp's, its n part is dgh_n
