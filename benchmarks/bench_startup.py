@@ -1,8 +1,9 @@
 """How long `rnnlab lab` takes, end to end, against a bare `python -c "import torch"` in the same run.
 
 Issue 15 asks that the compiled time loop costs the lab nothing: the lab (n = 2, the Python path) must
-stay within 1.6x of importing torch. Each repeat runs both commands as fresh processes, one after the
-other (interleaved, so a change of load hits both), and the median wall time of each is compared.
+stay within 1.6x of importing torch. Each repeat runs the three commands (see `commands`) as fresh
+processes, one after the other (interleaved, so a change of load hits all), and the median wall time of
+each is compared.
 
 Usage: python benchmarks/bench_startup.py --json benchmarks/results/bench_startup.json
        python benchmarks/bench_startup.py --readme benchmarks/results/bench_startup.json  (the README's sentence)

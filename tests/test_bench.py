@@ -104,7 +104,7 @@ def test_readme_speed_table_is_the_stored_benchmark_output():
 
 
 @pytest.mark.slow
-def test_the_startup_benchmark_times_both_commands(tmp_path):
+def test_the_startup_benchmark_times_its_three_commands(tmp_path):
     """benchmarks/bench_startup.py runs `import torch` (with and without gc.freeze()) and `rnnlab lab` as fresh
     processes (no bound on the times)."""
     import importlib.util
@@ -119,6 +119,15 @@ def test_the_startup_benchmark_times_both_commands(tmp_path):
     assert all(t > 0 for t in r["median"].values())
     assert r["ratio"] == pytest.approx(r["median"]["rnnlab lab"] / r["median"]["import torch"])
     assert r["ratio_same_exit"] == pytest.approx(r["median"]["rnnlab lab"] / r["median"]["import torch; gc.freeze()"])
+
+
+def test_readme_startup_sentence_is_the_stored_run():
+    """The README's start-up sentence is benchmarks/bench_startup.py's, from its stored results."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_startup", REPO / "benchmarks" / "bench_startup.py")
+    startup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(startup)
     stored = json.loads((REPO / "benchmarks" / "results" / "bench_startup.json").read_text())
     assert startup.readme_sentence(stored) in (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -144,3 +153,29 @@ def test_lm_row_without_a_source_checkout_is_refused_before_anything_is_timed(tm
     monkeypatch.setattr(bench, "bench", lambda *a, **k: pytest.fail("timed a workload before refusing --lm"))
     with pytest.raises(UserError, match="source checkout"):
         bench.main(["--tiny", "--lm"])
+
+
+def test_the_routing_benchmark_times_both_routes_and_puts_the_bound_back(monkeypatch, capsys):
+    """benchmarks/bench_routing.py at a tiny size: one row per workload, both routes timed, and
+    recurrent.MICRO_MAX_MACS as it was afterwards (no bound on the times)."""
+    import importlib.util
+
+    from rnnlab import recurrent
+    from tests.conftest import require_compiled
+
+    require_compiled()
+    spec = importlib.util.spec_from_file_location("bench_routing", REPO / "benchmarks" / "bench_routing.py")
+    routing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(routing)
+    monkeypatch.setattr(routing, "WORKLOADS", {"lstm 8": bench.Workload("lstm", 8, batch=3, length=4, vocab=20),
+                                               "lm 8": bench.Workload("lstm", 8, batch=2, length=5, vocab=11,
+                                                                      layers=2, lm=True)})
+    bound = recurrent.MICRO_MAX_MACS
+    routing.main(["--rounds", "1"])
+    assert recurrent.MICRO_MAX_MACS == bound
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[:2] for r in rows] == [["lstm", "8"], ["lm", "8"]]
+    for r in rows:
+        micro, library, ratio = map(float, r[2:])
+        assert micro > 0 and library > 0  # printed to 0.01 ms; the ratio is of the unrounded times
+        assert (library - 0.005) / (micro + 0.005) - 0.0005 <= ratio <= (library + 0.005) / (micro - 0.005) + 0.0005

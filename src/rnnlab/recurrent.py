@@ -263,8 +263,8 @@ def _step_path(cell: Cell, B: int) -> int:
     (B, G*H) x (G*H, H): its own register-blocked micro-GEMM (csrc/loop.cpp), at every size and dtype.
     `python benchmarks/bench_step_gemm.py --unroll --hidden 32 128 256 512` times one layer's forward +
     backward with each path forced (stored in benchmarks/results/bench_step_gemm.txt): the micro-GEMM is the
-    fastest at every H, oneDNN within 1-3% of it at H = 512 (the micro-GEMM reads W in padded rows; without
-    them oneDNN won there by 9%). The other paths, ATen's mm (STEP_ATEN), MKL's sgemm_/dgemm_ called
+    fastest at every H, oneDNN 3-6% slower at H = 512 (where the micro-GEMM needs W in padded rows; before
+    them oneDNN was the faster there). The other paths, ATen's mm (STEP_ATEN), MKL's sgemm_/dgemm_ called
     directly (STEP_BLAS) and oneDNN (STEP_ONEDNN, its weight reordered once per sequence), are kept for that
     comparison; the benchmark sets them through this function."""
     return STEP_MICRO
@@ -276,19 +276,20 @@ def _has_blas(f64: bool) -> bool:
     return bool(engines.load().has_blas(f64))
 
 
-# All-steps products of more multiply-adds than this go to the libraries (rnnlab.gemm: oneDNN where it works),
-# for sizes beyond those measured. `python benchmarks/bench_step_gemm.py --all-steps` times each product both
-# ways (stored, one and two threads: benchmarks/results/bench_all_steps.txt); ms micro / library, one thread:
-# the input projection x U^T (mm copies U^T into padded rows) at the LSTM's H = 128 1.06 / 1.01, at H = 512
-# (2^31) 17.2 / 16.5; dx = dp U 1.00 / 1.04 and 16.4 / 17.1; the weight gradients dp^T s (the library: oneDNN's
+# All-steps products of more multiply-adds than this go to the libraries (rnnlab.gemm: oneDNN where it works):
+# it is the largest size measured. `python benchmarks/bench_routing.py` (and `--threads 2`; stored in
+# benchmarks/results/bench_routing.txt) times whole training steps of the compiled engine with every all-steps
+# product on the micro-GEMM and with every one on the libraries: the micro-GEMM's step is as fast or faster in
+# every workload (library / micro, one thread: RNN 1.13 and 1.07 at H = 128 and 512, LSTM 1.12 and 1.00, GRU
+# 1.21 and 1.07, the LM's 2 x LSTM 256 1.00; two threads 1.01-1.14). One product at a time (`python
+# benchmarks/bench_step_gemm.py --all-steps`, benchmarks/results/bench_all_steps.txt), ms micro / library on
+# one thread: the input projection x U^T (mm copies U^T into padded rows) at the LSTM's H = 128 1.06 / 1.01,
+# at H = 512 (2^31) 17.2 / 16.5 (on two threads 0.78 / 0.58 and 9.31 / 8.48: mm's copy of U^T runs on one
+# thread); dx = dp U 1.00 / 1.04 and 16.4 / 17.1; the weight gradients dp^T s (the library: oneDNN's
 # backward-weights kernel, with its conversions) LSTM at 128 1.05 / 1.27, RNN at 512 4.27 / 4.78, GRU at 512
 # 14.0 / 14.7, LSTM at 512 17.6 / 18.7, the LM's LSTM 256 (6400 rows) 14.3 / 15.9, an LSTM at 640 (3200 rows,
-# 2^32.3) 44.7 / 44.1. (On two threads the library's input projection is ahead, 0.58 / 0.78 ms at H = 128:
-# mm's copy of U^T runs on one thread.)
-# Whole training steps with every product on the micro-GEMM against the library for the large ones (the
-# previous rule), scratch timings, one thread: the RNN at H = 512 3.5% faster, the LSTM at 512 6.6%, the LM
-# (2 x LSTM 256) 2.9%; on two threads the LSTM at 512 5.0%, the LM 4.2%.
-MICRO_MAX_MACS = 1 << 33
+# 2^32.3, past the bound) 44.7 / 44.1.
+MICRO_MAX_MACS = 1 << 32
 
 
 def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@
 // one fused point-wise pass over the batch rows, vectorised with ATen's at::vec::Vectorized (exp from
 // SLEEF, as torch's own kernels; tanh from SLEEF in float64 and a rational approximation in float32).
 // The all-steps products (the input projection p_t = U x_t + b, dx, and the weight gradients dW, dU,
-// which read dp^T in place) are called from Python (recurrent.py) as the ops mm / mm_tn below, the same
-// micro-GEMM, up to a size where the libraries' cache blocking wins.
+// which read dp^T without a transposed copy) are called from Python (recurrent.py) as the ops mm / mm_tn
+// below, the same micro-GEMM, cache-blocked, up to recurrent.MICRO_MAX_MACS (the largest size measured).
 //
 // Layout, row vectors as in cells.py (W is (G*H, H), so W s becomes s @ W^T):
 //   P    (T, B, G*H)  in: U x_t + b.  after forward: the gate activations.  after backward: dp_t
@@ -18,7 +18,8 @@
 // Built by rnnlab/engine.py with torch.utils.cpp_extension.load; called as torch.ops.rnnlab_loop.*.
 // Left out: CUDA, dtypes other than float32/float64, threads over the batch rows in the point-wise pass
 // (a thread hand-off per pass did not pay at B = 64; the micro-GEMM splits products of >= 2^22
-// multiply-adds over threads), and packing the micro-GEMM's operands (the largest products go to oneDNN).
+// multiply-adds over threads), and packing the operands into GotoBLAS-style micro-panels (tried for mm_tn:
+// slower than reading them in place; B gets padded rows and dp^T padded k-blocks instead, see padded_rows).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -193,7 +194,7 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
   constexpr int64_t MC = 256, NC = 256, KC = 256;
   const int64_t mb = (M + MC - 1) / MC, nb = (N + NC - 1) / NC;
   // A read transposed (ai = 1: dp^T, whose rows are G*H values apart, often a multiple of 4 KB) is copied a
-  // k-block at a time into rows of MC + 16, as padded_rows does for B: read in place, the block's rows fall into
+  // k-block at a time into rows of MC + 16 values, as padded_rows pads B: read in place, the block's rows fall into
   // a few cache sets (measured, one thread: the GRU's training step at H = 512 4% faster; the LSTM's dW at 512,
   // 17.6 ms against oneDNN's 18.7 with its conversions, where it took 20.1 unpacked).
   // The copy costs 1/NC of the block's multiply-adds; below 2^24 of them it is still felt (LSTM at H = 32: 3%).
@@ -223,7 +224,7 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
 }
 
 // A copy of the matrix m (K, N) whose rows lie ld >= N elements apart, for the micro-GEMM's B: where a row
-// is a multiple of 512 bytes long (N = 128, 512, 2048 floats: every hidden size a power of two), consecutive
+// is a multiple of 512 bytes long (N = 128, 512, 2048 floats: G*H for power-of-two H) and m is past 32 KB, consecutive
 // rows would fall into the same few sets of the L1 cache (64 sets, 4 KB apart) and evict each other while a
 // tile reads down a panel; one more vector per row spreads them over every set. (Measured, one thread: the
 // LSTM's step product at H = 512, 64 x 512 x 2048, 120 -> 137 GMAC/s; its input projection 109 -> 130.)
