@@ -2,7 +2,8 @@
 
 `recurrent.MICRO_MAX_MACS` routes the products over all T*B rows of the compiled engine (the input
 projection x U^T + b, dx = dp U, the weight gradients dp^T s and dp^T x): up to it they are the micro-GEMM's
-(csrc/loop.cpp), above it `rnnlab.gemm`'s (oneDNN where it works, with its layout conversions). A product
+(csrc/loop.cpp), above it `rnnlab.gemm`'s (oneDNN where it works, with its layout conversions; torch's BLAS
+for products below gemm.MIN_MACS). A product
 timed alone (`bench_step_gemm.py --all-steps`) does not show what it costs inside a step, where it shares
 the caches with the rest, so this times `rnnlab bench`'s own training step (the compiled engine, float32)
 with the bound as it is ("micro") and at 0 ("library": every all-steps product to the libraries), in
