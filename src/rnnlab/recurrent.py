@@ -263,7 +263,7 @@ def _step_path(cell: Cell, B: int) -> int:
     (B, G*H) x (G*H, H): its own register-blocked micro-GEMM (csrc/loop.cpp), at every size and dtype.
     `python benchmarks/bench_step_gemm.py --unroll --hidden 32 128 256 512` times one layer's forward +
     backward with each path forced (stored in benchmarks/results/bench_step_gemm.txt): the micro-GEMM is the
-    fastest at every H, oneDNN 2-7% slower at H = 512 (where the micro-GEMM needs W in padded rows; before
+    fastest at every H, oneDNN 1.5-7% slower at H = 512 (where the micro-GEMM needs W in padded rows; before
     them oneDNN was the faster there). The other paths, ATen's mm (STEP_ATEN), MKL's sgemm_/dgemm_ called
     directly (STEP_BLAS) and oneDNN (STEP_ONEDNN, its weight reordered once per sequence), are kept for that
     comparison; the benchmark sets them through this function."""
