@@ -280,15 +280,15 @@ def _has_blas(f64: bool) -> bool:
 # it is the largest size measured. `python benchmarks/bench_routing.py` (and `--threads 2`; stored in
 # benchmarks/results/bench_routing.txt) times whole training steps of the compiled engine with every all-steps
 # product on the micro-GEMM and with every one on the libraries: the micro-GEMM's step is as fast or faster in
-# every workload (library / micro, one thread: RNN 1.13 and 1.07 at H = 128 and 512, LSTM 1.12 and 1.00, GRU
-# 1.21 and 1.07, the LM's 2 x LSTM 256 1.00; two threads 1.01-1.14). One product at a time (`python
+# every workload (library / micro, one thread: RNN 1.21 and 1.10 at H = 128 and 512, LSTM 1.12 and 1.00, GRU
+# 1.23 and 1.08, the LM's 2 x LSTM 256 1.03; two threads 1.05-1.27). One product at a time (`python
 # benchmarks/bench_step_gemm.py --all-steps`, benchmarks/results/bench_all_steps.txt), ms micro / library on
-# one thread: the input projection x U^T (mm copies U^T into padded rows) at the LSTM's H = 128 1.06 / 1.01,
-# at H = 512 (2^31) 17.2 / 16.5 (on two threads 0.78 / 0.58 and 9.31 / 8.48: mm's copy of U^T runs on one
-# thread); dx = dp U 1.00 / 1.04 and 16.4 / 17.1; the weight gradients dp^T s (the library: oneDNN's
-# backward-weights kernel, with its conversions) LSTM at 128 1.05 / 1.27, RNN at 512 4.27 / 4.78, GRU at 512
-# 14.0 / 14.7, LSTM at 512 17.6 / 18.7, the LM's LSTM 256 (6400 rows) 14.3 / 15.9, an LSTM at 640 (3200 rows,
-# 2^32.3, past the bound) 44.7 / 44.1.
+# one thread: the input projection x U^T (mm copies U^T into padded rows) at the LSTM's H = 128 1.14 / 1.06,
+# at H = 512 (2^31) 19.4 / 17.5 (the one product the library makes faster alone; not in whole steps);
+# dx = dp U 1.03 / 1.09 and 17.1 / 17.8; the weight gradients dp^T s (the library: oneDNN's backward-weights
+# kernel, with its conversions) LSTM at 128 1.10 / 1.30, RNN at 512 4.34 / 4.90, GRU at 512 14.1 / 14.8,
+# LSTM at 512 18.7 / 19.8, the LM's LSTM 256 (6400 rows) 15.2 / 16.8, an LSTM at 640 (3200 rows, 2^32.3,
+# past the bound) 47.2 / 47.2.
 MICRO_MAX_MACS = 1 << 32
 
 

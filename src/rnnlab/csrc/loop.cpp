@@ -196,7 +196,8 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
   // A read transposed (ai = 1: dp^T, whose rows are G*H values apart, often a multiple of 4 KB) is copied a
   // k-block at a time into rows of MC + 16 values, as padded_rows pads B: read in place, the block's rows fall into
   // a few cache sets (measured, one thread: the GRU's training step at H = 512 4% faster; the LSTM's dW at 512,
-  // 17.6 ms against oneDNN's 18.7 with its conversions, where it took 20.1 unpacked).
+  // 18.7 ms against oneDNN's 19.8 with its conversions, benchmarks/results/bench_all_steps.txt; unpacked it
+  // was the slower of the two, 20.1 against 18.8, in an earlier run of that benchmark).
   // The copy costs 1/NC of the block's multiply-adds; below 2^24 of them it is still felt (LSTM at H = 32: 3%).
   const bool pack = ai == 1 && M * N * K >= (int64_t(1) << 24);
   auto run = [&](int64_t q0, int64_t q1) {
@@ -233,6 +234,18 @@ Tensor padded_rows(const Tensor& m) {
   const bool pad = (N * size) % 512 == 0 && K * N * size > (int64_t(1) << 15);  // (within 32 KB: in L1 anyway)
   if (!pad) return m.contiguous();
   Tensor p = at::empty({K, N + 64 / size}, m.options()).narrow(1, 0, N);
+#ifdef CPU_CAPABILITY_AVX512
+  if (m.scalar_type() == at::kFloat && m.stride(0) == 1) {  // m = s^T, s (N, K) with rows m.stride(1) apart:
+    // ATen's 16 x 16 register transposes, s's rows split over the threads (W^T at H = 512: 0.6 ms -> 0.15)
+    const float* s = m.data_ptr<float>();
+    float* d = p.data_ptr<float>();
+    const int64_t ld_s = m.stride(1), ld_d = p.stride(0);
+    at::parallel_for(0, N, 256, [&](int64_t j0, int64_t j1) {
+      at::vec::transpose_mxn<float>(s + j0 * ld_s, ld_s, d + j0, ld_d, int(j1 - j0), int(K));
+    });
+    return p;
+  }
+#endif
   p.copy_(m.contiguous());  // a transposed m straight into p takes ATen's slow strided copy (2.3 ms against 0.6
   return p;                 // for the LSTM's W^T at H = 512)
 }
