@@ -292,10 +292,15 @@ def _has_blas(f64: bool) -> bool:
 MICRO_MAX_MACS = 1 << 32
 
 
+def _micro_fits(M: int, K: int, N: int) -> bool:
+    """Whether an all-steps (M, K) x (K, N) product is the micro-GEMM's: at most MICRO_MAX_MACS multiply-adds."""
+    return M * K * N <= MICRO_MAX_MACS
+
+
 def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
     """`input_projection` with the compiled loop's micro-GEMM for vector inputs: (T, B, G*H), contiguous."""
     T, B = x.shape[:2]
-    if x.dtype in (torch.int64, torch.int32) or T * B * cell.U.shape[0] * cell.U.shape[1] > MICRO_MAX_MACS:
+    if x.dtype in (torch.int64, torch.int32) or not _micro_fits(T * B, *cell.U.shape):
         return input_projection(cell, x).contiguous()
     E = x.shape[2]
     U = cell.U.detach()
@@ -310,7 +315,7 @@ def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: tor
     of more than MICRO_MAX_MACS multiply-adds go to `cell.weight_grads` (oneDNN's backward-weights kernel)."""
     H, GH = cell.hidden_size, buf.dp.shape[-1]
     dp = buf.dp.view(-1, GH)
-    if dp.shape[0] * GH * max(H, cell.input_size if x is not None else 0) > MICRO_MAX_MACS:
+    if not _micro_fits(dp.shape[0], GH, max(H, cell.input_size if x is not None else 0)):
         return cell.weight_grads(buf, h_prev, x)
     mm_tn = engines.load().mm_tn
     if cell.name == "gru":  # dgh = [dr, dz, dn * r]: its rz part is dp's, its n part is dgh_n
@@ -469,7 +474,7 @@ class _ManualBPTT(torch.autograd.Function):
             dU_t = dp.new_zeros(cell.input_size, GH).index_add_(0, x.reshape(-1), dp)
             grads["U"] = dU_t.t()
         elif ctx.needs_input_grad[1]:  # dx_t = U^T dp_t, time-major like x
-            micro = compiled and dp.shape[0] * U.shape[0] * U.shape[1] <= MICRO_MAX_MACS
+            micro = compiled and _micro_fits(dp.shape[0], *U.shape)
             dx = (engines.load().mm(dp, U.detach(), None) if micro else linear(dp, U.t().contiguous())).view(T, B, -1)
         if cell.b is not None and "b" not in grads:
             grads["b"] = dp.sum(dim=0)  # db = sum_t dp_t
