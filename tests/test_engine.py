@@ -294,6 +294,12 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, n_threads):
             assert torch.equal(bias, kept)  # the bias is read, never written (M = 1 once aliased it)
             at = torch.randn(K, M + 5, generator=g, dtype=dtype)[:, 2 : M + 2]  # a^T with rows M + 5 apart
             assert rel_err(ops.mm_tn(at, b), at.t() @ b) <= tol, (M, N, K)
+            # into rows 1..M of a larger matrix (the GRU's dW in two row blocks), with the column sums of at
+            # (db = sum_t dp_t) added up in the same pass; the rows around are left alone
+            out, sums = torch.full((M + 2, N), 7.0, dtype=dtype), torch.full((M,), 7.0, dtype=dtype)
+            assert ops.mm_tn(at, b, out[1 : M + 1], sums).data_ptr() == out[1].data_ptr()
+            assert rel_err(out[1 : M + 1], at.t() @ b) <= tol and rel_err(sums, at.sum(0)) <= tol, (M, N, K)
+            assert (out[0] == 7).all() and (out[-1] == 7).all()
         # columns not adjacent (permuted features): copied first, not refused; mm's b (here U^T, 1 KB rows) into
         # padded rows
         a, b = torch.randn(9, 7, generator=g, dtype=dtype).t(), torch.randn(5, 9, generator=g, dtype=dtype).t()
@@ -308,6 +314,9 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, n_threads):
             assert torch.equal(ops.mm(a, b, bias), bias.expand(M, N))
             at, bt = torch.randn(K, M, dtype=dtype), torch.randn(K, N, dtype=dtype)  # a sum over K rows
             assert torch.equal(ops.mm_tn(at, bt), torch.zeros(M, N, dtype=dtype) if K == 0 else at.t() @ bt)
+            sums = torch.full((M,), 7.0, dtype=dtype)  # N = 0 leaves no block of C to add them up beside
+            ops.mm_tn(at, bt, None, sums)
+            torch.testing.assert_close(sums, at.sum(0), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])

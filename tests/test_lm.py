@@ -479,7 +479,8 @@ def test_learning_rate_schedules_with_warmup():
 @pytest.mark.slow
 def test_two_processes_train_the_language_model_of_one(tmp_path):
     """torchrun with 2 processes, each reading half of the streams (dropout 0): the weights and the carried
-    states in last.pt equal one process's to 1e-6 (float32 sums in another order)."""
+    states in last.pt equal one process's to 1e-6 (float32 sums in another order; the states, up to ~5 in
+    size, to 1e-6 relative: a few float32 ulps)."""
     import subprocess
     import sys
 
@@ -501,7 +502,8 @@ def test_two_processes_train_the_language_model_of_one(tmp_path):
         assert (a["weights"][name] - b["weights"][name]).abs().max() <= 1e-6, name
     for la, lb in zip(a["progress"]["carry"], b["progress"]["carry"]):  # every stream's, gathered from both
         for sa, sb in zip(la, lb):
-            assert sa.shape == (4, 12) and (sa - sb).abs().max() <= 1e-6
+            assert sa.shape == (4, 12)
+            torch.testing.assert_close(sa, sb, rtol=1e-6, atol=1e-6)
     for sa, sb in zip(a["progress"]["history"], b["progress"]["history"]):
         assert sa["val_loss"] == pytest.approx(sb["val_loss"], abs=1e-6)
         assert sa["train_loss"] == pytest.approx(sb["train_loss"], abs=1e-6)

@@ -310,21 +310,27 @@ def compiled_input_projection(cell: Cell, x: torch.Tensor) -> torch.Tensor:
 
 def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: torch.Tensor | None) -> dict:
     """`cell.weight_grads` with the compiled loop's micro-GEMM: dW = sum_t dgh_t^T s_{t-1}, and for vector
-    inputs dU = sum_t dp_t^T x_t (db = sum_t dp_t is left to `_ManualBPTT.backward`, as for token ids);
-    it reads dp^T in place (no transposed copy). Products
+    inputs dU = sum_t dp_t^T x_t and db = sum_t dp_t, added up while the same pass reads dp (for token ids
+    db is left to `_ManualBPTT.backward`); it reads dp^T in place (no transposed copy). Products
     of more than MICRO_MAX_MACS multiply-adds go to `cell.weight_grads` (oneDNN's backward-weights kernel)."""
     H, GH = cell.hidden_size, buf.dp.shape[-1]
     dp = buf.dp.view(-1, GH)
     if not _micro_fits(dp.shape[0], GH, max(H, cell.input_size if x is not None else 0)):
         return cell.weight_grads(buf, h_prev, x)
-    mm_tn = engines.load().mm_tn
+    mm_tn = engines.load().mm_tn  # mm_tn(a, b, out, sums): out = a^T b, sums = a's column sums
     if cell.name == "gru":  # dgh = [dr, dz, dn * r]: its rz part is dp's, its n part is dgh_n
         dgh_n = buf.dgh_n.view(-1, H)
-        grads = {"W": torch.cat((mm_tn(dp[:, : 2 * H], h_prev), mm_tn(dgh_n, h_prev))), "b_hn": dgh_n.sum(dim=0)}
+        dW, db_hn = dp.new_empty(GH, H), dp.new_empty(H)  # dW's rows [W_r; W_z] and W_n written in place
+        mm_tn(dp[:, : 2 * H], h_prev, dW[: 2 * H])
+        mm_tn(dgh_n, h_prev, dW[2 * H :], db_hn)  # db_hn = sum_t dn_t * r_t
+        grads = {"W": dW, "b_hn": db_hn}
     else:
         grads = {"W": mm_tn(dp, h_prev)}
     if x is not None:
-        grads["U"] = mm_tn(dp, x)
+        db = dp.new_empty(GH) if cell.b is not None else None
+        grads["U"] = mm_tn(dp, x, None, db)
+        if db is not None:
+            grads["b"] = db
     return grads
 
 

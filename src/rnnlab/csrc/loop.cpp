@@ -6,7 +6,8 @@
 // one fused point-wise pass over the batch rows, vectorised with ATen's at::vec::Vectorized (exp from
 // SLEEF, as torch's own kernels; tanh from SLEEF in float64 and a rational approximation in float32).
 // The all-steps products (the input projection p_t = U x_t + b, dx, and the weight gradients dW, dU,
-// which read dp^T without a transposed copy) are called from Python (recurrent.py) as the ops mm / mm_tn
+// which read dp^T without a transposed copy and add up db = sum_t dp_t on the way) are called from Python
+// (recurrent.py) as the ops mm / mm_tn
 // below, the same micro-GEMM, cache-blocked, up to recurrent.MICRO_MAX_MACS (the largest size measured).
 //
 // Layout, row vectors as in cells.py (W is (G*H, H), so W s becomes s @ W^T):
@@ -190,7 +191,7 @@ void micro_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t
 // 2048 x 2048 x 512, 95 GMAC/s in row blocks of A that fit L1 against every panel of B, 131 blocked.)
 template <typename T>
 void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb,
-                        T* c, int64_t ldc, const T* bias = nullptr) {
+                        T* c, int64_t ldc, const T* bias = nullptr, T* sums = nullptr) {
   constexpr int64_t MC = 256, NC = 256, KC = 256;
   const int64_t mb = (M + MC - 1) / MC, nb = (N + NC - 1) / NC;
   // A read transposed (ai = 1: dp^T, whose rows are G*H values apart, often a multiple of 4 KB) is copied a
@@ -200,6 +201,13 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
   // was the slower of the two, 20.1 against 18.8, in an earlier run of that benchmark).
   // The copy costs 1/NC of the block's multiply-adds; below 2^24 of them it is still felt (LSTM at H = 32: 3%).
   const bool pack = ai == 1 && M * N * K >= (int64_t(1) << 24);
+  // sums (A read transposed only): sums[i] = sum_k A(i, k), the bias gradient sum_t dp_t, added up while
+  // the blocks of the first column of C read A (from the copy, just written, when A is copied)
+  TORCH_INTERNAL_ASSERT(!sums || ai == 1);
+  if (sums) std::fill_n(sums, M, T(0));
+  if (sums && nb == 0)  // no block of C to ride along (N = 0)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = 0; i < M; ++i) sums[i] += a[k * ak + i];
   auto run = [&](int64_t q0, int64_t q1) {
     std::unique_ptr<T[]> ablock(pack ? new T[KC * (MC + 16)] : nullptr);  // uninitialised: written before read
     for (int64_t q = q0; q < q1; ++q) {
@@ -215,6 +223,11 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
           ak_block = ablock.get();
           ak_ = MC + 16;
         }
+        if (sums && j == 0)  // k in order, one block of rows per thread: the same sums on any thread count
+          for (int64_t r = 0; r < kc; ++r) {
+            const T* row = ak_block + r * ak_;
+            for (int64_t u = 0; u < m; ++u) sums[i + u] += row[u];
+          }
         micro_gemm<T>(m, n, kc, ak_block, ai, ak_, b + k * ldb + j, ldb, c + i * ldc + j, ldc, k > 0,
                       k > 0 ? nullptr : bj);
       }
@@ -691,13 +704,21 @@ Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b 
   return c;
 }
 
-Tensor mm_tn_op(Tensor a, Tensor b) {  // a (K, M)^T @ b (K, N): the weight gradients sum_r dy_r^T x_r
+// a (K, M)^T @ b (K, N): the weight gradients sum_r dy_r^T x_r, into `out` (M, N) if given (rows contiguous, e.g.
+// a block of rows of a larger gradient), else a new tensor; with `sums` (M), also sums = sum_r dy_r (db).
+Tensor mm_tn_op(Tensor a, Tensor b, std::optional<Tensor> out, std::optional<Tensor> sums) {
   check_operands(a, b, 0);
   const int64_t K = a.size(0), M = a.size(1), N = b.size(1);
-  Tensor c = at::empty({M, N}, a.options());
+  Tensor c = out.has_value() ? *out : at::empty({M, N}, a.options());
+  TORCH_CHECK(c.dim() == 2 && c.size(0) == M && c.size(1) == N && c.stride(1) == 1 && c.scalar_type() == a.scalar_type()
+              && c.device().is_cpu(), "rnnlab_loop: mm_tn's out must be an (M, N) CPU matrix with contiguous rows");
+  TORCH_CHECK(!sums.has_value() || (sums->dim() == 1 && sums->numel() == M && sums->is_contiguous() &&
+              sums->scalar_type() == a.scalar_type() && sums->device().is_cpu()),
+              "rnnlab_loop: mm_tn's sums must be a contiguous CPU vector of M values");
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_tn", [&] {
     micro_gemm_blocked<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), 1, a.stride(0), b.data_ptr<scalar_t>(),
-                                 b.stride(0), c.data_ptr<scalar_t>(), N);
+                                 b.stride(0), c.data_ptr<scalar_t>(), c.stride(0), nullptr,
+                                 sums.has_value() ? sums->data_ptr<scalar_t>() : nullptr);
   });
   return c;
 }
@@ -723,7 +744,7 @@ int64_t parallel_threads_op() {  // how many threads at::parallel_for runs here 
 TORCH_LIBRARY(rnnlab_loop, m) {
   m.def("has_blas(bool f64) -> bool", &has_blas_op);
   m.def("mm(Tensor a, Tensor b, Tensor? bias) -> Tensor", &mm_op);
-  m.def("mm_tn(Tensor a, Tensor b) -> Tensor", &mm_tn_op);
+  m.def("mm_tn(Tensor a, Tensor b, Tensor(c!)? out=None, Tensor(d!)? sums=None) -> Tensor", &mm_tn_op);
   m.def("tanh(Tensor x) -> Tensor", &tanh_op);
   m.def("parallel_threads() -> int", &parallel_threads_op);
   m.def("rnn_forward(Tensor(a!) P, Tensor(b!) h, Tensor W, Tensor? mask, bool relu, int path) -> ()", &rnn_forward);
