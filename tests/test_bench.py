@@ -34,6 +34,23 @@ def test_tiny_benchmark_checks_the_maths_and_writes_json(tmp_path, capsys):
     assert "ratio" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("shape", [(7, 5, 3), (64, 40, 96)])
+def test_every_kernel_of_the_matmul_limit_makes_the_product(shape):
+    """The limit is the fastest of these kernels per shape: each must compute a @ b (float32, 1e-5)."""
+    a, b, kernels = bench.product_kernels(*shape, torch.device("cpu"))
+    assert "torch.mm" in kernels and ("micro, padded b" in kernels) == engine.available()
+    for name, f in kernels.items():
+        torch.testing.assert_close(f(), a @ b, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_matmul_limit_times_every_product_of_the_step_with_its_count():
+    w = bench.Workload("gru", 8, batch=3, length=4, vocab=11)
+    limit = bench.MatmulLimit(w, torch.device("cpu"), repeats=1)
+    assert {(shape, n) for shape, n, _, _ in limit.chosen} == set(bench.products(w).items())
+    assert all(name in bench.product_kernels(*shape, torch.device("cpu"))[2] for shape, _, name, _ in limit.chosen)
+    assert 0 < limit.seconds() < float("inf")
+
+
 def test_json_paths():
     assert bench.json_path("b.json", "runs/bench").as_posix() == "runs/bench/b.json"
     assert bench.json_path("docs/figures/b.json", "runs/bench").as_posix() == "docs/figures/b.json"

@@ -25,7 +25,8 @@ Also printed per row:
   products. Each distinct product shape is timed in a tight loop with the fastest product available
   here (torch's BLAS, oneDNN or the compiled engine's micro-GEMM, whichever is fastest for that shape,
   operands laid out as each likes best), times how often a training step uses it; `% limit` is the
-  share of it a variant reaches.
+  share of it a variant reaches. The kernel for each shape is chosen once; the limit is then timed in
+  every round beside the variants and its median taken, as theirs (`MatmulLimit`).
 
 Examples:
     rnnlab bench                                  (every cell at H = 32, 128, 512, and the LM row)
@@ -269,38 +270,66 @@ def products(w: Workload) -> dict[tuple[int, int, int], int]:
     return count
 
 
-def _fastest_product_seconds(M: int, K: int, N: int, device, repeats: int) -> float:
-    """Seconds for one (M, K) x (K, N) float32 product with the fastest kernel here (torch's BLAS, oneDNN,
-    or the compiled engine's micro-GEMM where it built), timed in a tight loop."""
+def product_kernels(M: int, K: int, N: int, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Random float32 operands a (M, K), b (K, N), and the ways to make a @ b here, {name: callable}: torch's
+    BLAS, oneDNN, and the compiled engine's micro-GEMM where it built (on b as it is, and on b in rows one
+    vector longer, as the engine lays its weights out: padded_rows)."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(M, K, generator=g).to(device), torch.randn(K, N, generator=g).to(device)
     b_rows = b.t().contiguous()  # (N, K): oneDNN's weight layout
-    candidates = [lambda: torch.mm(a, b)]
+    kernels = {"torch.mm": lambda: torch.mm(a, b)}
     if device.type == "cpu" and _onednn_works():
-        candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b_rows, None, "none", [], ""))
-    if device.type == "cpu" and engines.available():  # the compiled engine's own micro-GEMM (csrc/loop.cpp),
-        # on b as it is and on b in rows one vector longer, as the engine lays its weights out (padded_rows)
+        kernels["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b_rows, None, "none", [], "")
+    if device.type == "cpu" and engines.available():  # csrc/loop.cpp
         b_padded = torch.empty(K, N + 16)[:, :N].copy_(b)
-        candidates += [lambda: engines.load().mm(a, b, None), lambda: engines.load().mm(a, b_padded, None)]
-    best = float("inf")
-    reps = max(1, min(200, int(2e7 // (M * K * N) + 1)))  # ~tens of ms per timing
+        kernels["micro"] = lambda: engines.load().mm(a, b, None)
+        kernels["micro, padded b"] = lambda: engines.load().mm(a, b_padded, None)
+    return a, b, kernels
+
+
+def _product_seconds(f, M: int, K: int, N: int, device) -> float:
+    """Seconds for one call of the product f, timed in a tight loop of ~tens of ms."""
+    reps = max(1, min(200, int(2e7 // (M * K * N) + 1)))
     with torch.no_grad():
-        for f in candidates:
-            for _ in range(2):
-                f()
-            for _ in range(repeats):
-                _sync(device)
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    f()
-                _sync(device)
-                best = min(best, (time.perf_counter() - t0) / reps)
-    return best
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            f()
+        _sync(device)
+    return (time.perf_counter() - t0) / reps
+
+
+class MatmulLimit:
+    """The step's matrix products alone, each distinct shape made by the fastest kernel here.
+
+    The kernel for each shape is chosen once (the least of `repeats` tight-loop timings of each); then
+    `seconds()` times the chosen kernels once more, each shape once, times its count. `bench` calls it
+    in every round, beside the variants, so the limit and the steps are timed in the same moments of
+    the machine's load and clock, and summarised by the same median."""
+
+    def __init__(self, w: Workload, device, repeats: int = 3):
+        self.device = device
+        self.chosen = []  # (shape, how many per step, kernel name, kernel)
+        for shape, n in products(w).items():
+            best, best_name = float("inf"), None
+            kernels = product_kernels(*shape, device)[2]
+            for name, f in kernels.items():
+                with torch.no_grad():
+                    for _ in range(2):
+                        f()
+                t = min(_product_seconds(f, *shape, device) for _ in range(repeats))
+                if t < best:
+                    best, best_name = t, name
+            self.chosen.append((shape, n, best_name, kernels[best_name]))
+
+    def seconds(self) -> float:
+        return sum(n * _product_seconds(f, *shape, self.device) for shape, n, _, f in self.chosen)
 
 
 def gemm_seconds(w: Workload, device, repeats: int = 3) -> float:
-    """Time of the step's matrix products alone: each distinct shape timed once, times its count."""
-    return sum(n * _fastest_product_seconds(*shape, device, repeats) for shape, n in products(w).items())
+    """Time of the step's matrix products alone: each distinct shape timed with its fastest kernel, times
+    its count (one `MatmulLimit` measurement)."""
+    return MatmulLimit(w, device, repeats).seconds()
 
 
 # -- peak memory of one step ---------------------------------------------------------------------------
@@ -359,15 +388,18 @@ def bench(w: Workload, device, steps: int, repeats: int, warmup: int, memory: bo
     variants.update({v: build_rnnlab(w, modules, v, device)[2] for v in variants_here(device)})
     for step in variants.values():
         time_steps(step, w, device, warmup)
+    matmul = MatmulLimit(w, device)
     times = {k: [] for k in variants}
-    for _ in range(repeats):  # interleaved, so a burst of load hits every variant alike
+    limits = []
+    for _ in range(repeats):  # interleaved, so a burst of load hits every variant, and the limit, alike
         for k, step in variants.items():
             times[k].append(time_steps(step, w, device, steps))
+        limits.append(matmul.seconds())
         if progress is not None:
             progress.update(1)
     median = {k: statistics.median(v) for k, v in times.items()}
     tokens = w.batch * w.length
-    limit = tokens / gemm_seconds(w, device)
+    limit = tokens / statistics.median(limits)
     mem = {k: peak_memory(w, k, device) if memory else None for k in variants}
     rows = []
     for v in variants:
