@@ -279,9 +279,10 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, n_threads):
         # (40, 24, 3000): a sum over 3000 rows in 12 blocks of 256; (70, 300, 500): 2 blocks of C's columns,
         # each a thread's, and 2 of k (the bias added in the first only); (200, 100, 3000) and (300, 70, 1000):
         # >= 2^24, so mm_tn copies A^T's k-blocks (whole and partial, of 256 rows and fewer) into padded rows;
-        # (100, 300, 600): the same for two blocks of C's columns
+        # (100, 300, 600): the same for two blocks of C's columns (in one band of rows on one thread, as two
+        # blocks on two); (300, 300, 200): two bands of rows, each across two blocks of columns
         shapes += [(1, 1, 1), (64, 128, 32), (300, 160, 130), (40, 24, 3000), (200, 100, 3000), (70, 300, 500),
-                   (300, 70, 1000), (100, 300, 600)]
+                   (300, 70, 1000), (100, 300, 600), (300, 300, 200)]
         for M, N, K in shapes:
             a = torch.randn(M, K + 3, generator=g, dtype=dtype)[:, 1 : K + 1]  # rows K + 3 apart
             b = torch.randn(K, N + 4, generator=g, dtype=dtype)[:, 2 : N + 2]  # rows N + 4 apart

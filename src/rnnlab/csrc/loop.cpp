@@ -186,7 +186,7 @@ void micro_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t
 // float32) that stay in the core's L2 while the whole sum runs into them, k in blocks of 256 (A's and B's
 // rows for the block: 256 KB each; 768 KB in all, in a 1 MB L2). A and B are then read from memory N/256
 // and M/256 times and C once, where an unblocked product streams B once per few rows of A. Threads take
-// whole blocks of C. (Measured, one thread: the GRU's dU at H = 512 at 131 GMAC/s with k-blocks of 256, 113
+// whole blocks of C (or bands of them, below). (Measured, one thread: the GRU's dU at H = 512 at 131 GMAC/s with k-blocks of 256, 113
 // with 128; 128 x 256 blocks of C with k-blocks of 512 no better; dx = dp U for the LSTM at H = 512,
 // 2048 x 2048 x 512, 95 GMAC/s in row blocks of A that fit L1 against every panel of B, 131 blocked.)
 template <typename T>
@@ -201,8 +201,15 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
   // was the slower of the two, 20.1 against 18.8, in an earlier run of that benchmark).
   // The copy costs 1/NC of the block's multiply-adds; below 2^24 of them it is still felt (LSTM at H = 32: 3%).
   const bool pack = ai == 1 && M * N * K >= (int64_t(1) << 24);
+  // A job is a block of C (i, j), or, when A is copied, a band of C's rows i across all its columns, so that
+  // each k-block of A is copied once and used against every block of columns (measured, one thread, against
+  // the same product on a row-major A: 1.03-1.10x slower copied for each block, 1.00-1.04x for each band, at
+  // the weight-gradient shapes of H = 512 and the LM; scratch timings). Bands only while there are as many
+  // as threads: with fewer, blocks keep every thread busy.
+  const bool bands = pack && mb >= at::get_num_threads();
+  const int64_t jobs = bands ? mb : mb * nb;
   // sums (A read transposed only): sums[i] = sum_k A(i, k), the bias gradient sum_t dp_t, added up while
-  // the blocks of the first column of C read A (from the copy, just written, when A is copied)
+  // the jobs of C's first block of columns read A (from the copy, just written, when A is copied)
   TORCH_INTERNAL_ASSERT(!sums || ai == 1);
   if (sums) std::fill_n(sums, M, T(0));
   if (sums && nb == 0)  // no block of C to ride along (N = 0)
@@ -211,9 +218,10 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
   auto run = [&](int64_t q0, int64_t q1) {
     std::unique_ptr<T[]> ablock(pack ? new T[KC * (MC + 16)] : nullptr);  // uninitialised: written before read
     for (int64_t q = q0; q < q1; ++q) {
-      const int64_t i = q / nb * MC, j = q % nb * NC, m = std::min(MC, M - i), n = std::min(NC, N - j);
-      const T* bj = bias ? bias + j : nullptr;  // the first k-block starts from the bias
-      if (K == 0) micro_gemm<T>(m, n, 0, a, ai, ak, b, ldb, c + i * ldc + j, ldc, false, bj);  // an empty sum
+      const int64_t i = (bands ? q : q / nb) * MC, m = std::min(MC, M - i);
+      const int64_t j0 = bands ? 0 : q % nb * NC, j1 = bands ? N : std::min(N, j0 + NC);  // C's columns [j0, j1)
+      for (int64_t j = j0; K == 0 && j < j1; j += NC)  // an empty sum: C = the bias, or zeros
+        micro_gemm<T>(m, std::min(NC, N - j), 0, a, ai, ak, b, ldb, c + i * ldc + j, ldc, false, bias ? bias + j : nullptr);
       for (int64_t k = 0; k < K; k += KC) {
         const int64_t kc = std::min(KC, K - k);
         const T* ak_block = a + i * ai + k * ak;  // A(i.., k..): the block's first value
@@ -223,18 +231,19 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
           ak_block = ablock.get();
           ak_ = MC + 16;
         }
-        if (sums && j == 0)  // k in order, one block of rows per thread: the same sums on any thread count
+        if (sums && j0 == 0)  // k in order, one block of rows per thread: the same sums on any thread count
           for (int64_t r = 0; r < kc; ++r) {
             const T* row = ak_block + r * ak_;
             for (int64_t u = 0; u < m; ++u) sums[i + u] += row[u];
           }
-        micro_gemm<T>(m, n, kc, ak_block, ai, ak_, b + k * ldb + j, ldb, c + i * ldc + j, ldc, k > 0,
-                      k > 0 ? nullptr : bj);
+        for (int64_t j = j0; j < j1; j += NC)  // the first k-block starts from the bias
+          micro_gemm<T>(m, std::min(NC, N - j), kc, ak_block, ai, ak_, b + k * ldb + j, ldb, c + i * ldc + j, ldc,
+                        k > 0, k > 0 || !bias ? nullptr : bias + j);
       }
     }
   };
-  if (M * N * K >= PARALLEL_MACS && mb * nb > 1 && at::get_num_threads() > 1) at::parallel_for(0, mb * nb, 1, run);
-  else run(0, mb * nb);
+  if (M * N * K >= PARALLEL_MACS && jobs > 1 && at::get_num_threads() > 1) at::parallel_for(0, jobs, 1, run);
+  else run(0, jobs);
 }
 
 // A copy of the matrix m (K, N) whose rows lie ld >= N elements apart, for the micro-GEMM's B: where a row
