@@ -288,9 +288,11 @@ def product_kernels(M: int, K: int, N: int, device) -> tuple[torch.Tensor, torch
 
 
 def _product_seconds(f, M: int, K: int, N: int, device) -> float:
-    """Seconds for one call of the product f, timed in a tight loop of ~tens of ms."""
-    reps = max(1, min(200, int(2e7 // (M * K * N) + 1)))
+    """Seconds for one call of the product f, timed in a tight loop (at least 3 calls, ~tens of ms) after
+    one untimed call that brings its operands into the caches."""
+    reps = max(3, min(200, int(2e7 // (M * K * N) + 1)))
     with torch.no_grad():
+        f()
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
@@ -314,9 +316,6 @@ class MatmulLimit:
             best, best_name = float("inf"), None
             kernels = product_kernels(*shape, device)[2]
             for name, f in kernels.items():
-                with torch.no_grad():
-                    for _ in range(2):
-                        f()
                 t = min(_product_seconds(f, *shape, device) for _ in range(repeats))
                 if t < best:
                     best, best_name = t, name
