@@ -288,9 +288,10 @@ def product_kernels(M: int, K: int, N: int, device) -> tuple[torch.Tensor, torch
 
 
 def _product_seconds(f, M: int, K: int, N: int, device) -> float:
-    """Seconds for one call of the product f, timed in a tight loop (at least 3 calls, ~tens of ms) after
-    one untimed call that brings its operands into the caches."""
-    reps = max(3, min(200, int(2e7 // (M * K * N) + 1)))
+    """Seconds for one call of the product f, timed in a tight loop (~2e9 multiply-adds, ~15 ms here, and
+    3 to 2000 calls) after one untimed call that brings its operands into the caches. (Windows of ~2e7,
+    a few calls of a step's product, read 15-45% slow when timed right after a round of training steps.)"""
+    reps = max(3, min(2000, int(2e9 // max(1, M * K * N)) + 1))
     with torch.no_grad():
         f()
         _sync(device)
