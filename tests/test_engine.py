@@ -20,7 +20,7 @@ from rnnlab import gemm
 from rnnlab.cells import make_cell
 from rnnlab.config import Config
 from rnnlab.errors import UserError
-from rnnlab.recurrent import retain_buffers, unroll, unroll_layers
+from rnnlab.recurrent import embedding, retain_buffers, unroll, unroll_layers
 from tests.conftest import require_compiled
 
 
@@ -318,6 +318,29 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, n_threads):
             sums = torch.full((M,), 7.0, dtype=dtype)  # N = 0 leaves no block of C to add them up beside
             ops.mm_tn(at, bt, None, sums)
             torch.testing.assert_close(sums, at.sum(0), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_embeddings_gradient_equals_torchs_and_gradcheck(compiled, seed):
+    """embedding(..., backward="manual") on the compiled engine: E's gradient (the engine's embedding_backward)
+    equals torch's dense embedding backward (float64, 1e-12; ids repeated, int64 and int32, transposed (T, B)
+    views) and passes gradcheck; the autograd path and the Python engine keep torch's own backward."""
+    g = torch.Generator().manual_seed(seed)
+    V, D = int(torch.randint(1, 30, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g))
+    B, T = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 9, (1,), generator=g))
+    ids = torch.randint(0, V, (B, T), generator=g).t()  # (T, B), not contiguous, as the models pass them
+    E = torch.randn(V, D, generator=g, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(T, B, D, generator=g, dtype=torch.float64)
+    want = torch.autograd.grad((torch.nn.functional.embedding(ids, E) * r).sum(), E)[0]
+    for i in (ids, ids.int()):
+        x = embedding(i, E, "manual", "compiled")
+        assert x.grad_fn.name() == "_EmbeddingBackward" and torch.equal(x, E.detach()[ids])
+        assert rel_err(torch.autograd.grad((x * r).sum(), E)[0], want) <= 1e-12
+    for backward, engine in (("autograd", "compiled"), ("manual", "python")):
+        assert embedding(ids, E, backward, engine).grad_fn.name() == "EmbeddingBackward0"
+    assert torch.autograd.gradcheck(lambda e: embedding(ids, e, "manual", "compiled"), (E,))
+    with pytest.raises(RuntimeError, match="outside"):  # a bad id is refused, never written past dE
+        engines.load().embedding_backward(r, ids + V, V)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])

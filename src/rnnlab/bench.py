@@ -58,7 +58,7 @@ from rnnlab.cells import make_cell
 from rnnlab.gemm import _onednn_works
 from rnnlab.model import Classifier
 from rnnlab.optim import SGD
-from rnnlab.recurrent import from_torch, unroll_layers
+from rnnlab.recurrent import embedding, from_torch, unroll_layers
 
 TORCH_CELLS = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -166,7 +166,7 @@ def build_rnnlab(w: Workload, modules, variant: str, device):
             params.update({f"{n}{k}": p for n, p in zip(cell.param_names, cell.parameters()) if p is not None})
 
         def loss_of(ids, y):
-            x = F.embedding(ids.t(), E)  # (T, B, H), time-major
+            x = embedding(ids.t(), E, backward, engine)  # (T, B, H), time-major
             out, _ = unroll_layers(cells, x, backward=backward, batch_first=False, engine=engine)  # (T, B, H)
             logits = torch.addmm(b_out, out.reshape(-1, H), W_out.t())  # W_out s_t + b_out, every step
             return F.cross_entropy(logits, y.t().reshape(-1))

@@ -49,7 +49,7 @@ from rnnlab.data import Vocab, tokenize
 from rnnlab.errors import UserError
 from rnnlab.model import Parameters
 from rnnlab.recurrent import dropout as _dropout
-from rnnlab.recurrent import unroll_layers
+from rnnlab.recurrent import embedding, unroll_layers
 from rnnlab.train import epoch_generator, fit, masks, open_run, planned_steps, reload_best, write_history
 
 EOL = "<eol>"  # word level: the end of a line
@@ -181,7 +181,7 @@ class LanguageModel(Parameters):
         states, one tuple per layer, bottom first. dropout = (p, generator) and weight_drop = (p, generator)
         (DropConnect on each layer's W: `recurrent.drop_weights`) while training only."""
         assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
-        x = F.embedding(ids.t(), self.E)  # x_t = E[id_t], time-major   (T, B, D)
+        x = embedding(ids.t(), self.E, backward or self.backward, self.engine)  # x_t = E[id_t], time-major (T, B, D)
         out, finals = unroll_layers(self.cells, x, states, None, backward or self.backward, dropout_between=dropout,
                                     batch_first=False, engine=self.engine, weight_drop=weight_drop)  # top s_t
         if dropout is not None:

@@ -23,11 +23,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from rnnlab.cells import Cell, make_cell
 from rnnlab.recurrent import dropout as _dropout
-from rnnlab.recurrent import unroll_layers
+from rnnlab.recurrent import embedding, unroll_layers
 
 
 class Parameters:
@@ -112,12 +111,13 @@ class Classifier(Parameters):
         return params
 
     # -- forward --------------------------------------------------------------------------------------
-    def inputs(self, ids: torch.Tensor) -> torch.Tensor:
+    def inputs(self, ids: torch.Tensor, backward: str | None = None) -> torch.Tensor:
         """x_t for every step of ids (B, T), time-major as the loop runs (no transposed copies later): the ids
-        themselves (T, B), since one-hot(id) U == U[:, id] is a column lookup; or the embeddings E[id] (T, B, D)."""
+        themselves (T, B), since one-hot(id) U == U[:, id] is a column lookup; or the embeddings E[id] (T, B, D)
+        (`recurrent.embedding`: with backward="manual" on the compiled engine, its gradient is the engine's)."""
         assert ids.dim() == 2, f"ids must be (B, T), got shape {tuple(ids.shape)}"
         ids = ids.t()  # (T, B)
-        return ids if self.E is None else F.embedding(ids, self.E)
+        return ids if self.E is None else embedding(ids, self.E, backward or self.backward, self.engine)
 
     def states(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, backward: str | None = None,
                dropout: tuple[float, torch.Generator] | None = None,
@@ -125,7 +125,7 @@ class Classifier(Parameters):
         """The top layer's states: outputs (T, B, H) (zero past each length) and its final state tuple.
         With dropout = (p, generator), the embeddings and each layer's outputs but the top's are dropped;
         with weight_drop = (p, generator), each layer's recurrent W (see `recurrent.drop_weights`)."""
-        x = self.inputs(ids)
+        x = self.inputs(ids, backward)
         if dropout is not None and self.E is not None:
             x = _dropout(x, *dropout)
         out, finals = unroll_layers(self.cells, x, None, lengths, backward or self.backward, dropout_between=dropout,

@@ -9,6 +9,7 @@
 // which read dp^T without a transposed copy and add up db = sum_t dp_t on the way) are called from Python
 // (recurrent.py) as the ops mm / mm_tn
 // below, the same micro-GEMM, cache-blocked, up to recurrent.MICRO_MAX_MACS (the largest size measured).
+// Beside them, embedding_backward: the gradient of the models' embedding E (recurrent.embedding).
 //
 // Layout, row vectors as in cells.py (W is (G*H, H), so W s becomes s @ W^T):
 //   P    (T, B, G*H)  in: U x_t + b.  after forward: the gate activations.  after backward: dp_t
@@ -31,6 +32,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -732,6 +734,30 @@ Tensor mm_tn_op(Tensor a, Tensor b, std::optional<Tensor> out, std::optional<Ten
   return c;
 }
 
+// The embedding's gradient, dE = sum_r onehot(id_r) d_r^T: a (V, D) matrix of zeros (memset) with d's row r added
+// into row id_r, in order (so the same sums as torch's index_add_). ids: any shape of int64, d: (*ids.shape, D).
+Tensor embedding_backward_op(Tensor d, Tensor ids, int64_t V) {
+  TORCH_CHECK(ids.scalar_type() == at::kLong && d.dim() == ids.dim() + 1 && d.device().is_cpu() && ids.device().is_cpu(),
+              "rnnlab_loop: embedding_backward takes int64 ids and their gradients d (*ids.shape, D) on the CPU");
+  d = d.contiguous();
+  ids = ids.contiguous();
+  const int64_t N = ids.numel(), D = d.size(-1);
+  Tensor dE = at::empty({V, D}, d.options());
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "embedding_backward", [&] {
+    scalar_t* e = dE.data_ptr<scalar_t>();
+    std::memset(e, 0, sizeof(scalar_t) * V * D);
+    const scalar_t* dp = d.data_ptr<scalar_t>();
+    const int64_t* id = ids.data_ptr<int64_t>();
+    for (int64_t r = 0; r < N; ++r) {
+      TORCH_CHECK(0 <= id[r] && id[r] < V, "rnnlab_loop: embedding_backward: id ", id[r], " outside 0..", V - 1);
+      scalar_t* row = e + id[r] * D;
+      const scalar_t* src = dp + r * D;
+      over_row<scalar_t>(D, [&](int64_t j, int64_t n) { st(ld(row + j, n) + ld(src + j, n), row + j, n); });
+    }
+  });
+  return dE;
+}
+
 Tensor tanh_op(Tensor x) {  // the loop's point-wise tanh, element by element, for tests
   Tensor xc = x.contiguous(), y = at::empty_like(xc);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tanh", [&] {
@@ -755,6 +781,7 @@ TORCH_LIBRARY(rnnlab_loop, m) {
   m.def("mm(Tensor a, Tensor b, Tensor? bias) -> Tensor", &mm_op);
   m.def("mm_tn(Tensor a, Tensor b, Tensor(c!)? out=None, Tensor(d!)? sums=None) -> Tensor", &mm_tn_op);
   m.def("tanh(Tensor x) -> Tensor", &tanh_op);
+  m.def("embedding_backward(Tensor d, Tensor ids, int V) -> Tensor", &embedding_backward_op);
   m.def("parallel_threads() -> int", &parallel_threads_op);
   m.def("rnn_forward(Tensor(a!) P, Tensor(b!) h, Tensor W, Tensor? mask, bool relu, int path) -> ()", &rnn_forward);
   m.def("rnn_backward(Tensor(a!) dP, Tensor h, Tensor W, Tensor(b!) dh, Tensor? d_out, Tensor? mask, bool relu, "
