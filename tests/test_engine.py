@@ -301,6 +301,11 @@ def test_micro_gemm_equals_torch_mm(compiled, dtype, n_threads):
             assert ops.mm_tn(at, b, out[1 : M + 1], sums).data_ptr() == out[1].data_ptr()
             assert rel_err(out[1 : M + 1], at.t() @ b) <= tol and rel_err(sums, at.sum(0)) <= tol, (M, N, K)
             assert (out[0] == 7).all() and (out[-1] == 7).all()
+            # mm_tn2: a^T b and a^T b2 from one pass over a (dW and dU from dp), b2 of another width
+            b2 = torch.randn(K, N + 20, generator=g, dtype=dtype)[:, 3:]
+            c, c2 = ops.mm_tn2(at, b, b2, sums)
+            assert rel_err(c, at.t() @ b) <= tol and rel_err(c2, at.t() @ b2) <= tol, (M, N, K)
+            assert rel_err(sums, at.sum(0)) <= tol
         # columns not adjacent (permuted features): copied first, not refused; mm's b (here U^T, 1 KB rows) into
         # padded rows
         a, b = torch.randn(9, 7, generator=g, dtype=dtype).t(), torch.randn(5, 9, generator=g, dtype=dtype).t()

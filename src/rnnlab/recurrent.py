@@ -346,20 +346,22 @@ def compiled_weight_grads(cell: Cell, buf: Buffers, h_prev: torch.Tensor, x: tor
     dp = buf.dp.view(-1, GH)
     if not _micro_fits(dp.shape[0], GH, max(H, cell.input_size if x is not None else 0)):
         return cell.weight_grads(buf, h_prev, x)
-    mm_tn = engines.load().mm_tn  # mm_tn(a, b, out, sums): out = a^T b, sums = a's column sums
+    ops = engines.load()  # mm_tn(a, b, out, sums): out = a^T b, sums = a's column sums; mm_tn2: a^T b, a^T b2
+    db = dp.new_empty(GH) if x is not None and cell.b is not None else None
     if cell.name == "gru":  # dgh = [dr, dz, dn * r]: its rz part is dp's, its n part is dgh_n
         dgh_n = buf.dgh_n.view(-1, H)
         dW, db_hn = dp.new_empty(GH, H), dp.new_empty(H)  # dW's rows [W_r; W_z] and W_n written in place
-        mm_tn(dp[:, : 2 * H], h_prev, dW[: 2 * H])
-        mm_tn(dgh_n, h_prev, dW[2 * H :], db_hn)  # db_hn = sum_t dn_t * r_t
+        ops.mm_tn(dp[:, : 2 * H], h_prev, dW[: 2 * H])
+        ops.mm_tn(dgh_n, h_prev, dW[2 * H :], db_hn)  # db_hn = sum_t dn_t * r_t
         grads = {"W": dW, "b_hn": db_hn}
+        if x is not None:
+            grads["U"] = ops.mm_tn(dp, x, None, db)
+    elif x is not None:  # dW and dU from one pass over dp
+        grads = dict(zip(("W", "U"), ops.mm_tn2(dp, h_prev, x, db)))
     else:
-        grads = {"W": mm_tn(dp, h_prev)}
-    if x is not None:
-        db = dp.new_empty(GH) if cell.b is not None else None
-        grads["U"] = mm_tn(dp, x, None, db)
-        if db is not None:
-            grads["b"] = db
+        grads = {"W": ops.mm_tn(dp, h_prev)}
+    if db is not None:
+        grads["b"] = db
     return grads
 
 

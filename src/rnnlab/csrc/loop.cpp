@@ -191,11 +191,33 @@ void micro_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t
 // whole blocks of C (or bands of them, below). (Measured, one thread: the GRU's dU at H = 512 at 131 GMAC/s with k-blocks of 256, 113
 // with 128; 128 x 256 blocks of C with k-blocks of 512 no better; dx = dp U for the LSTM at H = 512,
 // 2048 x 2048 x 512, 95 GMAC/s in row blocks of A that fit L1 against every panel of B, 131 blocked.)
+// One product's B and C: C (M, n; rows ldc apart) = A B (+ bias), B's row k at b + k * ldb. micro_gemm_blocked
+// takes one, or two sharing A (the weight gradients dW = dp^T s and dU = dp^T x: dp is then read once).
 template <typename T>
-void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb,
-                        T* c, int64_t ldc, const T* bias = nullptr, T* sums = nullptr) {
-  constexpr int64_t MC = 256, NC = 256, KC = 256;
-  const int64_t mb = (M + MC - 1) / MC, nb = (N + NC - 1) / NC;
+struct Part {
+  const T* b;
+  int64_t ldb;
+  T* c;
+  int64_t ldc, n;
+  const T* bias;
+};
+
+template <typename T>
+void micro_gemm_blocked(int64_t M, int64_t K, const T* a, int64_t ai, int64_t ak, const std::vector<Part<T>>& parts,
+                        T* sums = nullptr) {
+  constexpr int64_t NC = 256, KC = 256;
+  std::vector<std::pair<const Part<T>*, int64_t>> blocks;  // C's blocks of columns, (part, first column), in order
+  int64_t N = 0;
+  for (const Part<T>& p : parts) {
+    for (int64_t j = 0; j < p.n; j += NC) blocks.emplace_back(&p, j);
+    N += p.n;
+  }
+  // Rows of C per block: 256, or 128 for A read transposed with 512 < N <= 1024 (mm_tn2's dW and dU side by side
+  // at H = 512), so that a band of C stays within 512 KB (measured against two mm_tn calls, scratch timings:
+  // 0.93-0.97x with 128 rows on one thread, 0.81-0.97x on two; 256 rows, 0.96-1.00x on one, 1.06x on two at
+  // H = 512). (A single mm_tn of N = 2048 was slower with 128: 44-46 ms against 41-43.)
+  const int64_t MC = ai == 1 && N > 512 && N <= 1024 ? 128 : 256;
+  const int64_t mb = (M + MC - 1) / MC, nb = int64_t(blocks.size());
   // A read transposed (ai = 1: dp^T, whose rows are G*H values apart, often a multiple of 4 KB) is copied a
   // k-block at a time into rows of MC + 16 values, as padded_rows pads B: read in place, the block's rows fall into
   // a few cache sets (measured, one thread: the GRU's training step at H = 512 4% faster; the LSTM's dW at 512,
@@ -221,9 +243,15 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
     std::unique_ptr<T[]> ablock(pack ? new T[KC * (MC + 16)] : nullptr);  // uninitialised: written before read
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t i = (bands ? q : q / nb) * MC, m = std::min(MC, M - i);
-      const int64_t j0 = bands ? 0 : q % nb * NC, j1 = bands ? N : std::min(N, j0 + NC);  // C's columns [j0, j1)
-      for (int64_t j = j0; K == 0 && j < j1; j += NC)  // an empty sum: C = the bias, or zeros
-        micro_gemm<T>(m, std::min(NC, N - j), 0, a, ai, ak, b, ldb, c + i * ldc + j, ldc, false, bias ? bias + j : nullptr);
+      const int64_t b0 = bands ? 0 : q % nb, b1 = bands ? nb : b0 + 1;  // the job's blocks of columns [b0, b1)
+      // C(i.., j..) (+)= A(i.., k..) B(k.., j..) over block u of columns; the first k-block starts from the bias
+      auto product = [&](int64_t u, int64_t k, int64_t kc, const T* ak_block, int64_t ak_) {
+        const Part<T>& p = *blocks[u].first;
+        const int64_t j = blocks[u].second;
+        micro_gemm<T>(m, std::min(NC, p.n - j), kc, ak_block, ai, ak_, p.b + k * p.ldb + j, p.ldb,
+                      p.c + i * p.ldc + j, p.ldc, k > 0, k > 0 || !p.bias ? nullptr : p.bias + j);
+      };
+      for (int64_t u = b0; K == 0 && u < b1; ++u) product(u, 0, 0, a, ak);  // an empty sum: the bias, or zeros
       for (int64_t k = 0; k < K; k += KC) {
         const int64_t kc = std::min(KC, K - k);
         const T* ak_block = a + i * ai + k * ak;  // A(i.., k..): the block's first value
@@ -233,19 +261,23 @@ void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai,
           ak_block = ablock.get();
           ak_ = MC + 16;
         }
-        if (sums && j0 == 0)  // k in order, one block of rows per thread: the same sums on any thread count
+        if (sums && b0 == 0)  // k in order, one block of rows per thread: the same sums on any thread count
           for (int64_t r = 0; r < kc; ++r) {
             const T* row = ak_block + r * ak_;
             for (int64_t u = 0; u < m; ++u) sums[i + u] += row[u];
           }
-        for (int64_t j = j0; j < j1; j += NC)  // the first k-block starts from the bias
-          micro_gemm<T>(m, std::min(NC, N - j), kc, ak_block, ai, ak_, b + k * ldb + j, ldb, c + i * ldc + j, ldc,
-                        k > 0, k > 0 || !bias ? nullptr : bias + j);
+        for (int64_t u = b0; u < b1; ++u) product(u, k, kc, ak_block, ak_);
       }
     }
   };
   if (M * N * K >= PARALLEL_MACS && jobs > 1 && at::get_num_threads() > 1) at::parallel_for(0, jobs, 1, run);
   else run(0, jobs);
+}
+
+template <typename T>
+void micro_gemm_blocked(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t ak, const T* b, int64_t ldb,
+                        T* c, int64_t ldc, const T* bias = nullptr, T* sums = nullptr) {  // one product
+  micro_gemm_blocked<T>(M, K, a, ai, ak, {Part<T>{b, ldb, c, ldc, N, bias}}, sums);
 }
 
 // A copy of the matrix m (K, N) whose rows lie ld >= N elements apart, for the micro-GEMM's B: where a row
@@ -734,6 +766,26 @@ Tensor mm_tn_op(Tensor a, Tensor b, std::optional<Tensor> out, std::optional<Ten
   return c;
 }
 
+// a^T b and a^T b2 in one pass over a: the weight gradients dW = dp^T s and dU = dp^T x, which share dp (read, and
+// copied into k-blocks, once for both); with `sums` (M), also sums = a's column sums (db), as mm_tn.
+std::vector<Tensor> mm_tn2_op(Tensor a, Tensor b, Tensor b2, std::optional<Tensor> sums) {
+  check_operands(a, b, 0);
+  check_operands(a, b2, 0);
+  const int64_t K = a.size(0), M = a.size(1);
+  Tensor c = at::empty({M, b.size(1)}, a.options()), c2 = at::empty({M, b2.size(1)}, a.options());
+  TORCH_CHECK(!sums.has_value() || (sums->dim() == 1 && sums->numel() == M && sums->is_contiguous() &&
+              sums->scalar_type() == a.scalar_type() && sums->device().is_cpu()),
+              "rnnlab_loop: mm_tn2's sums must be a contiguous CPU vector of M values");
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_tn2", [&] {
+    using P = Part<scalar_t>;
+    const P dW{b.data_ptr<scalar_t>(), b.stride(0), c.data_ptr<scalar_t>(), c.size(1), c.size(1), nullptr};
+    const P dU{b2.data_ptr<scalar_t>(), b2.stride(0), c2.data_ptr<scalar_t>(), c2.size(1), c2.size(1), nullptr};
+    micro_gemm_blocked<scalar_t>(M, K, a.data_ptr<scalar_t>(), 1, a.stride(0), {dW, dU},
+                                 sums.has_value() ? sums->data_ptr<scalar_t>() : nullptr);
+  });
+  return {c, c2};
+}
+
 // The embedding's gradient, dE = sum_r onehot(id_r) d_r^T: a (V, D) matrix of zeros (memset) with d's row r added
 // into row id_r, in order (so the same sums as torch's index_add_). ids: any shape of int64, d: (*ids.shape, D).
 Tensor embedding_backward_op(Tensor d, Tensor ids, int64_t V) {
@@ -782,6 +834,7 @@ TORCH_LIBRARY(rnnlab_loop, m) {
   m.def("mm_tn(Tensor a, Tensor b, Tensor(c!)? out=None, Tensor(d!)? sums=None) -> Tensor", &mm_tn_op);
   m.def("tanh(Tensor x) -> Tensor", &tanh_op);
   m.def("embedding_backward(Tensor d, Tensor ids, int V) -> Tensor", &embedding_backward_op);
+  m.def("mm_tn2(Tensor a, Tensor b, Tensor b2, Tensor(d!)? sums=None) -> Tensor[]", &mm_tn2_op);
   m.def("parallel_threads() -> int", &parallel_threads_op);
   m.def("rnn_forward(Tensor(a!) P, Tensor(b!) h, Tensor W, Tensor? mask, bool relu, int path) -> ()", &rnn_forward);
   m.def("rnn_backward(Tensor(a!) dP, Tensor h, Tensor W, Tensor(b!) dh, Tensor? d_out, Tensor? mask, bool relu, "
