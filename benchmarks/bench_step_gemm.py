@@ -252,7 +252,7 @@ def all_steps_table(rounds: int) -> None:
             else:  # a^T @ b: dp (rows, k)^T @ s (rows, n), a weight gradient
                 b = torch.randn(rows, n, generator=g)
                 fs = (lambda a=a, b=b: ops.mm_tn(a, b), lambda a=a, b=b: gemm.weight_grads(a, [b]))
-            reps = max(2, int(2e8 / (rows * k * n)))
+            reps = max(3, int(2e9 / (rows * k * n)))  # ~15 ms per timing (~2e8: a few calls, first-call effects)
             times: list[list[float]] = [[], []]
             for r in range(rounds + 1):  # round 0 warms up
                 for i, f in enumerate(fs):

@@ -308,16 +308,16 @@ def _has_blas(f64: bool) -> bool:
 # All-steps products of more multiply-adds than this go to the libraries (rnnlab.gemm: oneDNN where it works):
 # it is the largest size measured. `python benchmarks/bench_routing.py` (and `--threads 2`; stored in
 # benchmarks/results/bench_routing.txt) times whole training steps of the compiled engine with every all-steps
-# product on the micro-GEMM and with every one on the libraries: the micro-GEMM's step is as fast or faster in
-# every workload (library / micro, one thread: RNN 1.21 and 1.10 at H = 128 and 512, LSTM 1.12 and 1.00, GRU
-# 1.23 and 1.08, the LM's 2 x LSTM 256 1.03; two threads 1.05-1.27). One product at a time (`python
+# product on the micro-GEMM and with every one on the libraries: the micro-GEMM's step is faster in every
+# workload (library / micro, one thread: RNN 1.30 and 1.09 at H = 128 and 512, LSTM 1.13 and 1.03, GRU 1.19
+# and 1.10, the LM's 2 x LSTM 256 1.06; two threads 1.06-1.32). One product at a time (`python
 # benchmarks/bench_step_gemm.py --all-steps`, benchmarks/results/bench_all_steps.txt), ms micro / library on
-# one thread: the input projection x U^T (mm copies U^T into padded rows) at the LSTM's H = 128 1.14 / 1.06,
-# at H = 512 (2^31) 19.4 / 17.5 (the one product the library makes faster alone; not in whole steps);
-# dx = dp U 1.03 / 1.09 and 17.1 / 17.8; the weight gradients dp^T s (the library: oneDNN's backward-weights
-# kernel, with its conversions) LSTM at 128 1.10 / 1.30, RNN at 512 4.34 / 4.90, GRU at 512 14.1 / 14.8,
-# LSTM at 512 18.7 / 19.8, the LM's LSTM 256 (6400 rows) 15.2 / 16.8, an LSTM at 640 (3200 rows, 2^32.3,
-# past the bound) 47.2 / 47.2.
+# one thread: the input projection x U^T (mm copies U^T into padded rows) at the LSTM's H = 128 1.09 / 1.09,
+# at H = 512 (2^31) 19.6 / 17.7 (the one product the library makes faster alone; not in whole steps);
+# dx = dp U 1.04 / 1.09 and 17.2 / 18.0; the weight gradients dp^T s (the library: oneDNN's backward-weights
+# kernel, with its conversions) LSTM at 128 1.12 / 1.32, RNN at 512 4.33 / 4.96, GRU at 512 13.6 / 14.6,
+# LSTM at 512 18.0 / 19.6, the LM's LSTM 256 (6400 rows) 15.1 / 16.7, an LSTM at 640 (3200 rows, 2^32.3,
+# past the bound) 43.9 / 45.9.
 MICRO_MAX_MACS = 1 << 32
 
 

@@ -221,7 +221,7 @@ void micro_gemm_blocked(int64_t M, int64_t K, const T* a, int64_t ai, int64_t ak
   // A read transposed (ai = 1: dp^T, whose rows are G*H values apart, often a multiple of 4 KB) is copied a
   // k-block at a time into rows of MC + 16 values, as padded_rows pads B: read in place, the block's rows fall into
   // a few cache sets (measured, one thread: the GRU's training step at H = 512 4% faster; the LSTM's dW at 512,
-  // 18.7 ms against oneDNN's 19.8 with its conversions, benchmarks/results/bench_all_steps.txt; unpacked it
+  // 18.0 ms against oneDNN's 19.6 with its conversions, benchmarks/results/bench_all_steps.txt; unpacked it
   // was the slower of the two, 20.1 against 18.8, in an earlier run of that benchmark).
   // The copy costs 1/NC of the block's multiply-adds; below 2^24 of them it is still felt (LSTM at H = 32: 3%).
   const bool pack = ai == 1 && M * N * K >= (int64_t(1) << 24);
