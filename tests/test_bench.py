@@ -120,6 +120,15 @@ def test_readme_speed_table_is_the_stored_benchmark_output():
     assert {r["engine"] for r in stored if r["backward"] == "manual"} == {"python", "compiled"}
 
 
+def test_readme_limit_sentence_is_the_stored_run():
+    """The README's sentence on the matmul limit at H = 512 quotes docs/figures/bench.json's best rows."""
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    rows = json.loads((REPO / "docs" / "figures" / "bench.json").read_text())
+    pct = {r["cell"]: r["pct_of_limit"] for r in rows if r["backward"] == "best" and r["hidden"] == 512}
+    assert (f"at H = 512 the best path reaches {pct['rnn']:.0f}% of the matmul limit for the RNN, "
+            f"{pct['lstm']:.0f}% for the LSTM and {pct['gru']:.0f}% for the GRU") in readme
+
+
 @pytest.mark.slow
 def test_the_startup_benchmark_times_its_three_commands(tmp_path):
     """benchmarks/bench_startup.py runs `import torch` (with and without gc.freeze()) and `rnnlab lab` as fresh
