@@ -198,9 +198,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(step, w: Workload, device, steps: int) -> float:
-    """Seconds per step, averaged over `steps` consecutive steps."""
+def time_steps(step, w: Workload, device, steps: int, warm: int = 1) -> float:
+    """Seconds per step, averaged over `steps` consecutive steps, after `warm` untimed ones: in interleaved
+    rounds a variant's first step follows another variant's and finds the caches full of its tensors (at
+    H = 512 that first step made 10-step blocks read 4-5% slower than 30-step ones, for torch.nn and rnnlab
+    alike; scratch timings), where a training run's steps follow each other."""
     data = [batch(w, device, k) for k in range(4)]
+    for k in range(warm):
+        step(*data[k % 4])
     _sync(device)
     t0 = time.perf_counter()
     for k in range(steps):
