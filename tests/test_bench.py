@@ -125,8 +125,8 @@ def test_readme_limit_sentence_is_the_stored_run():
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     rows = json.loads((REPO / "docs" / "figures" / "bench.json").read_text())
     pct = {r["cell"]: r["pct_of_limit"] for r in rows if r["backward"] == "best" and r["hidden"] == 512}
-    assert (f"at H = 512 the best path reaches {pct['rnn']:.0f}% of the matmul limit for the RNN, "
-            f"{pct['lstm']:.0f}% for the LSTM and {pct['gru']:.0f}% for the GRU") in readme
+    assert (f"at H = 512 the best path reaches {pct['rnn']:.1f}% of the matmul limit for the RNN, "
+            f"{pct['lstm']:.1f}% for the LSTM and {pct['gru']:.1f}% for the GRU") in readme
 
 
 @pytest.mark.slow
