@@ -346,6 +346,11 @@ def test_the_embeddings_gradient_equals_torchs_and_gradcheck(compiled, seed):
     assert torch.autograd.gradcheck(lambda e: embedding(ids, e, "manual", "compiled"), (E,))
     with pytest.raises(RuntimeError, match="outside"):  # a bad id is refused, never written past dE
         engines.load().embedding_backward(r, ids + V, V)
+    with pytest.raises(RuntimeError, match="ids.shape"):  # gradients for fewer (or more) positions than ids
+        engines.load().embedding_backward(r[:, :-1] if B > 1 else r[:-1], ids, V)
+    g1 = torch.autograd.grad((embedding(ids, E, "manual", "compiled") ** 2).sum(), E, create_graph=True)[0]
+    with pytest.raises(RuntimeError, match="once_differentiable"):  # a second derivative: refused, not lost
+        g1.sum().backward()
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])

@@ -148,6 +148,7 @@ class _Embedding(torch.autograd.Function):
         return torch.nn.functional.embedding(ids, E)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the op has no backward itself: 2nd derivatives refused, not lost
     def backward(ctx, d: torch.Tensor):
         (ids,) = ctx.saved_tensors
         return None, engines.load().embedding_backward(d, ids.long(), ctx.V)

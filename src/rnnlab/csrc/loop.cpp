@@ -212,8 +212,8 @@ void micro_gemm_blocked(int64_t M, int64_t K, const T* a, int64_t ai, int64_t ak
     for (int64_t j = 0; j < p.n; j += NC) blocks.emplace_back(&p, j);
     N += p.n;
   }
-  // Rows of C per block: 256, or 128 for A read transposed with 512 < N <= 1024 (mm_tn2's dW and dU side by side
-  // at H = 512), so that a band of C stays within 512 KB (measured against two mm_tn calls, scratch timings:
+  // Rows of C per block: 256, or 128 for A read transposed with 512 < N <= 1024 (e.g. mm_tn2's dW and dU side by
+  // side at H = 512), so that a band of C stays within 512 KB in float32 (against two mm_tn calls, scratch timings:
   // 0.93-0.97x with 128 rows on one thread, 0.81-0.97x on two; 256 rows, 0.96-1.00x on one, 1.06x on two at
   // H = 512). (A single mm_tn of N = 2048 was slower with 128: 44-46 ms against 41-43.)
   const int64_t MC = ai == 1 && N > 512 && N <= 1024 ? 128 : 256;
@@ -261,11 +261,14 @@ void micro_gemm_blocked(int64_t M, int64_t K, const T* a, int64_t ai, int64_t ak
           ak_block = ablock.get();
           ak_ = MC + 16;
         }
-        if (sums && b0 == 0)  // k in order, one block of rows per thread: the same sums on any thread count
+        if (sums && b0 == 0) {  // k in order, one block of rows per thread: the same sums on any thread count;
+          T part[256] = {};     // summed a k-block at a time, as the tiles sum C: float32 error ~(KC + K/KC) ulp
           for (int64_t r = 0; r < kc; ++r) {
             const T* row = ak_block + r * ak_;
-            for (int64_t u = 0; u < m; ++u) sums[i + u] += row[u];
+            for (int64_t u = 0; u < m; ++u) part[u] += row[u];
           }
+          for (int64_t u = 0; u < m; ++u) sums[i + u] += part[u];
+        }
         for (int64_t u = b0; u < b1; ++u) product(u, k, kc, ak_block, ak_);
       }
     }
@@ -789,7 +792,8 @@ std::vector<Tensor> mm_tn2_op(Tensor a, Tensor b, Tensor b2, std::optional<Tenso
 // The embedding's gradient, dE = sum_r onehot(id_r) d_r^T: a (V, D) matrix of zeros (memset) with d's row r added
 // into row id_r, in order (so the same sums as torch's index_add_). ids: any shape of int64, d: (*ids.shape, D).
 Tensor embedding_backward_op(Tensor d, Tensor ids, int64_t V) {
-  TORCH_CHECK(ids.scalar_type() == at::kLong && d.dim() == ids.dim() + 1 && d.device().is_cpu() && ids.device().is_cpu(),
+  TORCH_CHECK(ids.scalar_type() == at::kLong && d.dim() == ids.dim() + 1 && d.sizes().slice(0, ids.dim()) == ids.sizes()
+              && d.device().is_cpu() && ids.device().is_cpu(),
               "rnnlab_loop: embedding_backward takes int64 ids and their gradients d (*ids.shape, D) on the CPU");
   d = d.contiguous();
   ids = ids.contiguous();
