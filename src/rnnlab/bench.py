@@ -331,12 +331,6 @@ class MatmulLimit:
         return sum(n * _product_seconds(f, *shape, self.device) for shape, n, _, f in self.chosen)
 
 
-def gemm_seconds(w: Workload, device, repeats: int = 3) -> float:
-    """Time of the step's matrix products alone: each distinct shape timed with its fastest kernel, times
-    its count (one `MatmulLimit` measurement)."""
-    return MatmulLimit(w, device, repeats).seconds()
-
-
 # -- peak memory of one step ---------------------------------------------------------------------------
 @contextlib.contextmanager
 def _native_output_silenced():

@@ -7,8 +7,8 @@
 // SLEEF, as torch's own kernels; tanh from SLEEF in float64 and a rational approximation in float32).
 // The all-steps products (the input projection p_t = U x_t + b, dx, and the weight gradients dW, dU,
 // which read dp^T without a transposed copy and add up db = sum_t dp_t on the way) are called from Python
-// (recurrent.py) as the ops mm / mm_tn
-// below, the same micro-GEMM, cache-blocked, up to recurrent.MICRO_MAX_MACS (the largest size measured).
+// (recurrent.py) as the ops mm / mm_tn / mm_tn2 below, the same micro-GEMM, cache-blocked, up to
+// recurrent.MICRO_MAX_MACS (the largest size measured).
 // Beside them, embedding_backward: the gradient of the models' embedding E (recurrent.embedding).
 //
 // Layout, row vectors as in cells.py (W is (G*H, H), so W s becomes s @ W^T):
@@ -32,8 +32,8 @@
 #include <dlfcn.h>
 
 #include <algorithm>
-#include <cstring>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -183,16 +183,7 @@ void micro_gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t ai, int64_t
   else run(0, panels);
 }
 
-// The all-steps products (the input projection x U^T + b and dx = dp U over all T*B rows; the weight
-// gradients' sums over those rows, A read transposed), cache-blocked: C in blocks of 256 x 256 (256 KB in
-// float32) that stay in the core's L2 while the whole sum runs into them, k in blocks of 256 (A's and B's
-// rows for the block: 256 KB each; 768 KB in all, in a 1 MB L2). A and B are then read from memory N/256
-// and M/256 times and C once, where an unblocked product streams B once per few rows of A. Threads take
-// whole blocks of C (or bands of them, below). (Measured, one thread: the GRU's dU at H = 512 at 131 GMAC/s with k-blocks of 256, 113
-// with 128; 128 x 256 blocks of C with k-blocks of 512 no better; dx = dp U for the LSTM at H = 512,
-// 2048 x 2048 x 512, 95 GMAC/s in row blocks of A that fit L1 against every panel of B, 131 blocked.)
-// One product's B and C: C (M, n; rows ldc apart) = A B (+ bias), B's row k at b + k * ldb. micro_gemm_blocked
-// takes one, or two sharing A (the weight gradients dW = dp^T s and dU = dp^T x: dp is then read once).
+// One product's B and C: C (M, n; rows ldc apart) = A B (+ bias), B's row k at b + k * ldb.
 template <typename T>
 struct Part {
   const T* b;
@@ -202,6 +193,16 @@ struct Part {
   const T* bias;
 };
 
+// The all-steps products (the input projection x U^T + b and dx = dp U over all T*B rows; the weight
+// gradients' sums over those rows, A read transposed), cache-blocked: C in blocks of 256 x 256 (256 KB in
+// float32) that stay in the core's L2 while the whole sum runs into them, k in blocks of 256 (A's and B's
+// rows for the block: 256 KB each; 768 KB in all, in a 1 MB L2). A and B are then read from memory N/256
+// and M/256 times and C once, where an unblocked product streams B once per few rows of A. Threads take
+// whole blocks of C (or bands of them, below). (Measured, one thread: the GRU's dU at H = 512 at 131 GMAC/s with k-blocks of 256, 113
+// with 128; 128 x 256 blocks of C with k-blocks of 512 no better; dx = dp U for the LSTM at H = 512,
+// 2048 x 2048 x 512, 95 GMAC/s in row blocks of A that fit L1 against every panel of B, 131 blocked.)
+// It takes one product's B and C, or two sharing A (the weight gradients dW = dp^T s and dU = dp^T x: dp is
+// then read once), each a Part.
 template <typename T>
 void micro_gemm_blocked(int64_t M, int64_t K, const T* a, int64_t ai, int64_t ak, const std::vector<Part<T>>& parts,
                         T* sums = nullptr) {
@@ -750,6 +751,13 @@ Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b 
   return c;
 }
 
+// `sums` for mm_tn / mm_tn2, if given: a contiguous CPU vector of a's M columns, in a's dtype
+void check_sums(const std::optional<Tensor>& sums, int64_t M, const Tensor& a) {
+  TORCH_CHECK(!sums.has_value() || (sums->dim() == 1 && sums->numel() == M && sums->is_contiguous() &&
+              sums->scalar_type() == a.scalar_type() && sums->device().is_cpu()),
+              "rnnlab_loop: mm_tn's sums must be a contiguous CPU vector of M values");
+}
+
 // a (K, M)^T @ b (K, N): the weight gradients sum_r dy_r^T x_r, into `out` (M, N) if given (rows contiguous, e.g.
 // a block of rows of a larger gradient), else a new tensor; with `sums` (M), also sums = sum_r dy_r (db).
 Tensor mm_tn_op(Tensor a, Tensor b, std::optional<Tensor> out, std::optional<Tensor> sums) {
@@ -758,9 +766,7 @@ Tensor mm_tn_op(Tensor a, Tensor b, std::optional<Tensor> out, std::optional<Ten
   Tensor c = out.has_value() ? *out : at::empty({M, N}, a.options());
   TORCH_CHECK(c.dim() == 2 && c.size(0) == M && c.size(1) == N && c.stride(1) == 1 && c.scalar_type() == a.scalar_type()
               && c.device().is_cpu(), "rnnlab_loop: mm_tn's out must be an (M, N) CPU matrix with contiguous rows");
-  TORCH_CHECK(!sums.has_value() || (sums->dim() == 1 && sums->numel() == M && sums->is_contiguous() &&
-              sums->scalar_type() == a.scalar_type() && sums->device().is_cpu()),
-              "rnnlab_loop: mm_tn's sums must be a contiguous CPU vector of M values");
+  check_sums(sums, M, a);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_tn", [&] {
     micro_gemm_blocked<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), 1, a.stride(0), b.data_ptr<scalar_t>(),
                                  b.stride(0), c.data_ptr<scalar_t>(), c.stride(0), nullptr,
@@ -776,9 +782,7 @@ std::vector<Tensor> mm_tn2_op(Tensor a, Tensor b, Tensor b2, std::optional<Tenso
   check_operands(a, b2, 0);
   const int64_t K = a.size(0), M = a.size(1);
   Tensor c = at::empty({M, b.size(1)}, a.options()), c2 = at::empty({M, b2.size(1)}, a.options());
-  TORCH_CHECK(!sums.has_value() || (sums->dim() == 1 && sums->numel() == M && sums->is_contiguous() &&
-              sums->scalar_type() == a.scalar_type() && sums->device().is_cpu()),
-              "rnnlab_loop: mm_tn2's sums must be a contiguous CPU vector of M values");
+  check_sums(sums, M, a);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_tn2", [&] {
     using P = Part<scalar_t>;
     const P dW{b.data_ptr<scalar_t>(), b.stride(0), c.data_ptr<scalar_t>(), c.size(1), c.size(1), nullptr};
