@@ -41,6 +41,30 @@ def test_every_kernel_of_the_matmul_limit_makes_the_product(shape):
     assert "torch.mm" in kernels and ("micro, padded b" in kernels) == engine.available()
     for name, f in kernels.items():
         torch.testing.assert_close(f(), a @ b, rtol=1e-5, atol=1e-5, msg=name)
+    # the micro-GEMM's are timed in C++ (no Python call per product), each way the engine makes a product
+    micro = {n for n in kernels if n.startswith("micro")}
+    assert micro == ({"micro", "micro, one pass", "micro, padded b", "micro, padded b, one pass"}
+                     if engine.available() else set())
+    for name in micro:
+        assert kernels[name].loop is not None
+        assert 0 < bench._product_seconds(kernels[name], *shape, torch.device("cpu")) < 1
+
+
+@pytest.mark.skipif(not engine.available(), reason="the compiled engine did not build here")
+@pytest.mark.parametrize("blocked", [True, False])
+def test_time_mm_makes_the_product_it_times(blocked):
+    """time_mm(a, b, blocked, reps) -> (seconds per product, a @ b): float64, 1e-12 against torch, random shapes
+    (one-pass: every row at once, as each time step; blocked: as mm), b in padded rows or not."""
+    g = torch.Generator().manual_seed(int(blocked))
+    for _ in range(4):
+        M, K, N = (int(v) for v in torch.randint(1, 300, (3,), generator=g))
+        a, b = torch.randn(M, K, generator=g, dtype=torch.float64), torch.randn(K, N, generator=g, dtype=torch.float64)
+        for operand in (b, torch.empty(K, N + 8, dtype=torch.float64)[:, :N].copy_(b)):
+            seconds, c = engine.load().time_mm(a, operand, blocked, 3)
+            torch.testing.assert_close(c, a @ b, rtol=1e-12, atol=1e-12)
+            assert seconds > 0
+    with pytest.raises(RuntimeError, match="reps > 0"):
+        engine.load().time_mm(a, b, blocked, 0)
 
 
 def test_matmul_limit_times_every_product_of_the_step_with_its_count():
@@ -214,3 +238,27 @@ def test_the_routing_benchmark_times_both_routes_and_puts_the_bound_back(monkeyp
         micro, library, ratio = map(float, r[2:])
         assert micro > 0 and library > 0  # printed to 0.01 ms; the ratio is of the unrounded times
         assert (library - 0.005) / (micro + 0.005) - 0.0005 <= ratio <= (library + 0.005) / (micro - 0.005) + 0.0005
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not engine.available(), reason="bench_gap.py times the compiled engine's ops")
+def test_the_gap_benchmark_splits_the_step_into_the_engines_ops_and_the_rest(capsys):
+    """benchmarks/bench_gap.py at H = 8, one round: the wrapped ops are seen (products and loops take time),
+    step = products + loops + rest, limit = its two shares, and the ceiling is limit / (limit + rest)."""
+    gap = _load_benchmark("bench_gap")
+    (r,) = gap.main(["--cells", "gru", "--hidden", "8", "--rounds", "1"])
+    assert r["products_ms"] > 0 and r["loops_ms"] > 0 and r["embedding_grad_ms"] > 0
+    assert r["step_ms"] == pytest.approx(r["products_ms"] + r["loops_ms"] + r["rest_ms"], rel=1e-9)
+    assert r["limit_ms"] == pytest.approx(r["limit_products_ms"] + r["limit_loops_ms"], rel=1e-9)
+    assert r["ceiling_pct"] == pytest.approx(100 * r["limit_ms"] / (r["limit_ms"] + r["rest_ms"]), abs=0.051)
+    assert r["pct_of_limit"] == pytest.approx(100 * r["limit_ms"] / r["step_ms"], abs=0.051)
+    assert engine.load is not None and not isinstance(engine.load(), gap._Timed)  # the wrapper is gone after
+    assert "ceiling" in capsys.readouterr().out

@@ -24,8 +24,9 @@ Also printed per row:
 - the matmul-bound limit: the tokens/s the step would reach if it did nothing but its matrix
   products. Each distinct product shape is timed in a tight loop with the fastest product available
   here (torch's BLAS, oneDNN or the compiled engine's micro-GEMM, whichever is fastest for that shape,
-  operands laid out as each likes best), times how often a training step uses it; `% limit` is the
-  share of it a variant reaches. The kernel for each shape is chosen once; the limit is then timed in
+  operands laid out as each likes best; the micro-GEMM's loop runs in C++, so no product pays for a call
+  from Python), times how often a training step uses it; `% limit` is the share of it a variant reaches
+  (benchmarks/bench_gap.py shows where the rest of a step's time goes). The kernel for each shape is chosen once; the limit is then timed in
   every round beside the variants and its median taken, as theirs (`MatmulLimit`).
 
 Examples:
@@ -275,28 +276,49 @@ def products(w: Workload) -> dict[tuple[int, int, int], int]:
     return count
 
 
-def product_kernels(M: int, K: int, N: int, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Random float32 operands a (M, K), b (K, N), and the ways to make a @ b here, {name: callable}: torch's
-    BLAS, oneDNN, and the compiled engine's micro-GEMM where it built (on b as it is, and on b in rows one
-    vector longer, as the engine lays its weights out: padded_rows)."""
+class Kernel:
+    """One way to make a product a @ b: `kernel()` makes it once from Python; `loop`, where given, times `reps`
+    of them made one after another in C++ (seconds per product), which `_product_seconds` then prefers."""
+
+    def __init__(self, call, loop=None):
+        self.call, self.loop = call, loop
+
+    def __call__(self) -> torch.Tensor:
+        return self.call()
+
+
+def product_kernels(M: int, K: int, N: int, device) -> tuple[torch.Tensor, torch.Tensor, dict[str, Kernel]]:
+    """Random float32 operands a (M, K), b (K, N), and the ways to make a @ b here, {name: Kernel}: torch's
+    BLAS, oneDNN, and the compiled engine's micro-GEMM where it built: cache-blocked as `mm` makes the all-steps
+    products, or in one pass as each time step makes its product, on b as it is and on b in rows one vector
+    longer, as the engine lays its weights out (padded_rows). The micro-GEMM's are timed in loops in C++
+    (`time_mm`): at the step's small products a call from Python costs more than the product (64 x 32 x 32:
+    ~1 us against ~3). torch's and oneDNN's are timed from Python: at those sizes they lose anyway, by more
+    than the call (benchmarks/bench_step_gemm.py times them from C++)."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(M, K, generator=g).to(device), torch.randn(K, N, generator=g).to(device)
     b_rows = b.t().contiguous()  # (N, K): oneDNN's weight layout
-    kernels = {"torch.mm": lambda: torch.mm(a, b)}
+    kernels = {"torch.mm": Kernel(lambda: torch.mm(a, b))}
     if device.type == "cpu" and _onednn_works():
-        kernels["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b_rows, None, "none", [], "")
+        kernels["oneDNN"] = Kernel(lambda: torch.ops.mkldnn._linear_pointwise(a, b_rows, None, "none", [], ""))
     if device.type == "cpu" and engines.available():  # csrc/loop.cpp
+        ops = engines.load()
         b_padded = torch.empty(K, N + 16)[:, :N].copy_(b)
-        kernels["micro"] = lambda: engines.load().mm(a, b, None)
-        kernels["micro, padded b"] = lambda: engines.load().mm(a, b_padded, None)
+        for name, operand in (("micro", b), ("micro, padded b", b_padded)):
+            for way, blocked in (("", True), (", one pass", False)):  # time_mm -> (seconds per product, a @ b)
+                kernels[name + way] = Kernel(lambda bb=operand, bl=blocked: ops.time_mm(a, bb, bl, 1)[1],
+                                             lambda reps, bb=operand, bl=blocked: ops.time_mm(a, bb, bl, reps)[0])
     return a, b, kernels
 
 
-def _product_seconds(f, M: int, K: int, N: int, device) -> float:
+def _product_seconds(f: Kernel, M: int, K: int, N: int, device) -> float:
     """Seconds for one call of the product f, timed in a tight loop (~2e9 multiply-adds, ~15 ms here, and
-    3 to 2000 calls) after one untimed call that brings its operands into the caches. (Windows of ~2e7,
-    a few calls of a step's product, read 15-45% slow when timed right after a round of training steps.)"""
+    3 to 2000 calls; in C++ where f has a loop) after one untimed call that brings its operands into the
+    caches. (Windows of ~2e7, a few calls of a step's product, read 15-45% slow when timed right after a round
+    of training steps.)"""
     reps = max(3, min(2000, int(2e9 // max(1, M * K * N)) + 1))
+    if f.loop is not None:
+        return f.loop(reps)
     with torch.no_grad():
         f()
         _sync(device)

@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -751,6 +752,32 @@ Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b 
   return c;
 }
 
+// Seconds per product of `reps` products c = a b (a row-major, b's rows contiguous) made one after another here,
+// and c,
+// with no Python between them: blocked, as mm makes the all-steps products, or not, as each time step makes its
+// product (micro_gemm on every row of a at once). For the matmul limit (rnnlab.bench.MatmulLimit), whose small
+// per-step products took less than the ~3 us that a call from Python costs (64 x 32 x 32: ~1 us).
+std::tuple<double, Tensor> time_mm_op(Tensor a, Tensor b, bool blocked, int64_t reps) {
+  check_operands(a, b, 1);
+  TORCH_CHECK(reps > 0, "rnnlab_loop: time_mm needs reps > 0");
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  Tensor c = at::empty({M, N}, a.options());
+  double seconds = 0;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "time_mm", [&] {
+    const scalar_t *x = a.data_ptr<scalar_t>(), *w = b.data_ptr<scalar_t>();
+    scalar_t* y = c.data_ptr<scalar_t>();
+    auto once = [&] {
+      if (blocked) micro_gemm_blocked<scalar_t>(M, N, K, x, a.stride(0), 1, w, b.stride(0), y, N);
+      else micro_gemm<scalar_t>(M, N, K, x, a.stride(0), 1, w, b.stride(0), y, N, false);
+    };
+    once();  // operands into the caches
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t r = 0; r < reps; ++r) once();
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(reps);
+  });
+  return {seconds, c};
+}
+
 // `sums` for mm_tn / mm_tn2, if given: a contiguous CPU vector of a's M columns, in a's dtype
 void check_sums(const std::optional<Tensor>& sums, int64_t M, const Tensor& a) {
   TORCH_CHECK(!sums.has_value() || (sums->dim() == 1 && sums->numel() == M && sums->is_contiguous() &&
@@ -839,6 +866,7 @@ int64_t parallel_threads_op() {  // how many threads at::parallel_for runs here 
 TORCH_LIBRARY(rnnlab_loop, m) {
   m.def("has_blas(bool f64) -> bool", &has_blas_op);
   m.def("mm(Tensor a, Tensor b, Tensor? bias) -> Tensor", &mm_op);
+  m.def("time_mm(Tensor a, Tensor b, bool blocked, int reps) -> (float, Tensor)", &time_mm_op);
   m.def("mm_tn(Tensor a, Tensor b, Tensor(c!)? out=None, Tensor(d!)? sums=None) -> Tensor", &mm_tn_op);
   m.def("tanh(Tensor x) -> Tensor", &tanh_op);
   m.def("embedding_backward(Tensor d, Tensor ids, int V) -> Tensor", &embedding_backward_op);
