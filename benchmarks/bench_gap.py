@@ -23,6 +23,7 @@ can take the step past it. Each op is timed by wrapping the engine's ops (one pe
 their medians taken, as `rnnlab bench` does. One thread.
 
 Usage: python benchmarks/bench_gap.py [--cells rnn lstm gru] [--hidden 512] [--rounds 7] [--json out.json]
+       python benchmarks/bench_gap.py --readme benchmarks/results/bench_gap.json   (the README's table)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -122,13 +124,32 @@ def print_rows(rows: list[dict], file=None) -> None:
               f"{r['ceiling_pct']:6.1f}%", file=file)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table, every figure from the stored rows (`--json`)."""
+    lines = ["| cell | H | step ms | matmul limit ms | % of limit | all-steps products: in step / limit (ms) | "
+             "time loops: in step / limit (ms) | rest ms (share of step; of it dE) | ceiling |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r['hidden']} | {r['step_ms']:.2f} | {r['limit_ms']:.2f} | "
+                     f"{r['pct_of_limit']:.1f}% | {r['products_ms']:.2f} / {r['limit_products_ms']:.2f} | "
+                     f"{r['loops_ms']:.2f} / {r['limit_loops_ms']:.2f} | {r['rest_ms']:.2f} "
+                     f"({100 * r['rest_ms'] / r['step_ms']:.1f}%; {r['embedding_grad_ms']:.2f}) | "
+                     f"{r['ceiling_pct']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cells", nargs="+", default=["rnn", "lstm", "gru"], choices=["rnn", "lstm", "gru"])
     p.add_argument("--hidden", nargs="+", type=int, default=[512])
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; medians reported (default 7)")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--readme", metavar="JSON", help="print the README's table from stored rows, and stop")
     args = p.parse_args(argv)
+    if args.readme:
+        rows = json.loads(Path(args.readme).read_text())
+        print(markdown_table(rows), end="")
+        return rows
     torch.set_num_threads(1)
     if not engines.available():
         sys.exit("bench_gap.py: the compiled engine did not build here; it times that engine's ops")

@@ -262,3 +262,14 @@ def test_the_gap_benchmark_splits_the_step_into_the_engines_ops_and_the_rest(cap
     assert r["pct_of_limit"] == pytest.approx(100 * r["limit_ms"] / r["step_ms"], abs=0.051)
     assert engine.load is not None and not isinstance(engine.load(), gap._Timed)  # the wrapper is gone after
     assert "ceiling" in capsys.readouterr().out
+
+
+def test_readme_gap_table_is_the_stored_run():
+    """README's table of where the step's time goes is bench_gap.py's, from its stored rows, with the command."""
+    gap = _load_benchmark("bench_gap")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    stored = json.loads((REPO / "benchmarks" / "results" / "bench_gap.json").read_text())
+    start, end = "<!-- gap table: benchmarks/results/bench_gap.json -->\n", "<!-- end gap table -->"
+    assert start in readme and end in readme
+    assert readme.split(start, 1)[1].split(end, 1)[0] == gap.markdown_table(stored)
+    assert "`python benchmarks/bench_gap.py --json benchmarks/results/bench_gap.json`" in readme

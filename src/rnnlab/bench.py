@@ -26,8 +26,9 @@ Also printed per row:
   here (torch's BLAS, oneDNN or the compiled engine's micro-GEMM, whichever is fastest for that shape,
   operands laid out as each likes best; the micro-GEMM's loop runs in C++, so no product pays for a call
   from Python), times how often a training step uses it; `% limit` is the share of it a variant reaches
-  (benchmarks/bench_gap.py shows where the rest of a step's time goes). The kernel for each shape is chosen once; the limit is then timed in
-  every round beside the variants and its median taken, as theirs (`MatmulLimit`).
+  (benchmarks/bench_gap.py shows where the rest of a step's time goes). The kernel for each shape is
+  chosen once; the limit is then timed in every round beside the variants and its median taken, as
+  theirs (`MatmulLimit`).
 
 Examples:
     rnnlab bench                                  (every cell at H = 32, 128, 512, and the LM row)
@@ -293,8 +294,8 @@ def product_kernels(M: int, K: int, N: int, device) -> tuple[torch.Tensor, torch
     products, or in one pass as each time step makes its product, on b as it is and on b in rows one vector
     longer, as the engine lays its weights out (padded_rows). The micro-GEMM's are timed in loops in C++
     (`time_mm`): at the step's small products a call from Python costs more than the product (64 x 32 x 32:
-    ~1 us against ~3). torch's and oneDNN's are timed from Python: at those sizes they lose anyway, by more
-    than the call (benchmarks/bench_step_gemm.py times them from C++)."""
+    ~0.6 us against ~3; scratch timings). torch's and oneDNN's are timed from Python: at those sizes they
+    lose anyway, by more than the call (benchmarks/bench_step_gemm.py times them from C++)."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(M, K, generator=g).to(device), torch.randn(K, N, generator=g).to(device)
     b_rows = b.t().contiguous()  # (N, K): oneDNN's weight layout
