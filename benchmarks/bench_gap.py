@@ -5,9 +5,10 @@ distinct shape timed in a tight loop (`rnnlab.bench.MatmulLimit`). This splits t
 (`rnnlab.bench.Workload`: classifier, batch 64, 32 steps, vocabulary 5,000, SGD) into
 
     products   the engine's all-steps products, timed inside the step: the input projection and dx (`mm`),
-               the weight gradients (`mm_tn`, `mm_tn2`)
+               the weight gradients (`mm_tn`, `mm_tn2`); with what those ops do besides the product: U^T's
+               copy into padded rows, the result's allocation, the bias sums
     loops      the engine's time loops, timed inside the step (`*_forward`, `*_backward`): each step's
-               product and its point-wise pass
+               product and its point-wise pass, and W's copy into padded rows once a loop
     rest       everything else in the step: the embedding's lookup and its V x H gradient
                (`embedding_backward`, also shown alone: dE), the classifier and the loss, the SGD update of
                every parameter (E's V x H included), autograd and Python
@@ -19,8 +20,10 @@ against the limit's share of each (its all-steps shapes, and its per-step shapes
 is the share of the limit the step would reach if every product and time loop ran as fast inside it as
 the limit's tight loops do (point-wise passes free), with `rest` as measured: no change to the products
 can take the step past it. Each op is timed by wrapping the engine's ops (one perf_counter pair per call,
-~10 calls a step); the step, its ops and the limit are timed in each of `--rounds` interleaved rounds and
-their medians taken, as `rnnlab bench` does. One thread.
+~10 calls a step); the step, its ops and the limit are timed in each of `--rounds` interleaved rounds
+(each after one untimed step) and each column's median taken, as `rnnlab bench` does; rest and the limit
+are then the differences and sums of those medians, so that the columns add up. One thread. H up to 512:
+beyond MICRO_MAX_MACS the products leave the engine's ops and would be counted as rest.
 
 Usage: python benchmarks/bench_gap.py [--cells rnn lstm gru] [--hidden 512] [--rounds 7] [--json out.json]
        python benchmarks/bench_gap.py --readme benchmarks/results/bench_gap.json   (the README's table)
@@ -41,6 +44,7 @@ import torch
 
 from rnnlab import bench
 from rnnlab import engine as engines
+from rnnlab.recurrent import MICRO_MAX_MACS
 
 PRODUCTS = ("mm", "mm_tn", "mm_tn2")
 LOOPS = tuple(f"{c}_{way}" for c in ("rnn", "lstm", "gru") for way in ("forward", "backward"))
@@ -78,17 +82,22 @@ def _ops_timed(seconds: dict):
 
 def gap(cell: str, hidden: int, rounds: int) -> dict:
     w = bench.Workload(cell, hidden)
+    shapes = bench.products(w)
+    if max(M * K * N for M, K, N in shapes) > MICRO_MAX_MACS:  # those go to rnnlab.gemm, not the engine's ops
+        raise SystemExit(f"bench_gap.py: at H = {hidden} some products of the {cell} step are past "
+                         f"MICRO_MAX_MACS and leave the engine, so they would be counted as rest; take H <= 512")
     device = torch.device("cpu")
     modules, _ = bench.build_torch(w, device)
     _, _, step = bench.build_rnnlab(w, modules, "manual:compiled", device)
     limit = bench.MatmulLimit(w, device)
     per_step = {(w.batch, w.hidden, bench.GATES[cell] * w.hidden), (w.batch, bench.GATES[cell] * w.hidden, w.hidden)}
-    steps = max(10, int(60 * (32 / hidden) ** 2))  # as `rnnlab bench`: >= 10 steps a round
+    steps = max(10, int(60 * (32 / hidden) ** 2))  # at least `rnnlab bench`'s 10 a round; more where steps are short
     data = [bench.batch(w, device, k) for k in range(4)]
     for k in range(3):
         step(*data[k % 4])
     rows = defaultdict(list)
     for _ in range(rounds):
+        step(*data[0])  # untimed, as bench.time_steps: the first step after the limit's loops finds cold caches
         seconds = defaultdict(float)
         with _ops_timed(seconds):
             t0 = time.perf_counter()
@@ -100,12 +109,11 @@ def gap(cell: str, hidden: int, rounds: int) -> dict:
         rows["loops"].append(sum(seconds[n] for n in LOOPS) / steps)
         rows["embedding_grad"].append(seconds["embedding_backward"] / steps)
         shares = {shape: n * bench._product_seconds(f, *shape, device) for shape, n, _, f in limit.chosen}
-        rows["limit"].append(sum(shares.values()))
         rows["limit_loops"].append(sum(s for shape, s in shares.items() if shape in per_step))
         rows["limit_products"].append(sum(s for shape, s in shares.items() if shape not in per_step))
-    ms = {k: 1000 * statistics.median(v) for k, v in rows.items()}
-    ms["rest"] = 1000 * statistics.median(s - p - q for s, p, q in zip(rows["step"], rows["products"], rows["loops"],
-                                                                        strict=True))
+    ms = {k: 1000 * statistics.median(v) for k, v in rows.items()}  # each column its median over the rounds;
+    ms["rest"] = ms["step"] - ms["products"] - ms["loops"]  # then the sums, so that the columns add up
+    ms["limit"] = ms["limit_products"] + ms["limit_loops"]
     return {"cell": cell, "hidden": hidden, "rounds": rounds, "steps_per_round": steps,
             **{f"{k}_ms": v for k, v in ms.items()},
             "pct_of_limit": round(100 * ms["limit"] / ms["step"], 1),

@@ -24,8 +24,8 @@ Also printed per row:
 - the matmul-bound limit: the tokens/s the step would reach if it did nothing but its matrix
   products. Each distinct product shape is timed in a tight loop with the fastest product available
   here (torch's BLAS, oneDNN or the compiled engine's micro-GEMM, whichever is fastest for that shape,
-  operands laid out as each likes best; the micro-GEMM's loop runs in C++, so no product pays for a call
-  from Python), times how often a training step uses it; `% limit` is the share of it a variant reaches
+  operands laid out as each likes best; the micro-GEMM's loop runs in C++, so none of its products pays
+  for a call from Python), times how often a training step uses it; `% limit` is the share of it a variant reaches
   (benchmarks/bench_gap.py shows where the rest of a step's time goes). The kernel for each shape is
   chosen once; the limit is then timed in every round beside the variants and its median taken, as
   theirs (`MatmulLimit`).
@@ -278,8 +278,9 @@ def products(w: Workload) -> dict[tuple[int, int, int], int]:
 
 
 class Kernel:
-    """One way to make a product a @ b: `kernel()` makes it once from Python; `loop`, where given, times `reps`
-    of them made one after another in C++ (seconds per product), which `_product_seconds` then prefers."""
+    """One way to make a product a @ b: `kernel()` (its `call`) makes it once from Python; `loop`, where
+    given, times `reps` of them made one after another in C++ (seconds per product), which
+    `_product_seconds` then prefers."""
 
     def __init__(self, call, loop=None):
         self.call, self.loop = call, loop

@@ -752,11 +752,10 @@ Tensor mm_op(Tensor a, Tensor b, std::optional<Tensor> bias) {  // a (M, K) @ b 
   return c;
 }
 
-// Seconds per product of `reps` products c = a b (a row-major, b's rows contiguous) made one after another here,
-// and c,
-// with no Python between them: blocked, as mm makes the all-steps products, or not, as each time step makes its
-// product (micro_gemm on every row of a at once). For the matmul limit (rnnlab.bench.MatmulLimit), whose small
-// per-step products took less than the ~3 us that a call from Python costs (64 x 32 x 32: ~0.6 us; scratch timings).
+// (Seconds per product, c) for `reps` products c = a b (a row-major, b's rows contiguous) made one after another
+// here, with no Python between them: blocked, as mm makes the all-steps products, or not, as each time step makes
+// its product (micro_gemm on every row of a at once). For the matmul limit (rnnlab.bench.MatmulLimit), whose small
+// per-step products take less than the ~3 us that a call from Python costs (64 x 32 x 32: ~0.6 us; scratch timings).
 std::tuple<double, Tensor> time_mm_op(Tensor a, Tensor b, bool blocked, int64_t reps) {
   check_operands(a, b, 1);
   TORCH_CHECK(reps > 0, "rnnlab_loop: time_mm needs reps > 0");
