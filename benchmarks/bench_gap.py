@@ -44,7 +44,7 @@ import torch
 
 from rnnlab import bench
 from rnnlab import engine as engines
-from rnnlab.recurrent import MICRO_MAX_MACS
+from rnnlab.recurrent import _micro_fits
 
 PRODUCTS = ("mm", "mm_tn", "mm_tn2")
 LOOPS = tuple(f"{c}_{way}" for c in ("rnn", "lstm", "gru") for way in ("forward", "backward"))
@@ -82,8 +82,7 @@ def _ops_timed(seconds: dict):
 
 def gap(cell: str, hidden: int, rounds: int) -> dict:
     w = bench.Workload(cell, hidden)
-    shapes = bench.products(w)
-    if max(M * K * N for M, K, N in shapes) > MICRO_MAX_MACS:  # those go to rnnlab.gemm, not the engine's ops
+    if not all(_micro_fits(*shape) for shape in bench.products(w)):  # those go to rnnlab.gemm, not the engine's ops
         raise SystemExit(f"bench_gap.py: at H = {hidden} some products of the {cell} step are past "
                          f"MICRO_MAX_MACS and leave the engine, so they would be counted as rest; take H <= 512")
     device = torch.device("cpu")
@@ -92,23 +91,17 @@ def gap(cell: str, hidden: int, rounds: int) -> dict:
     limit = bench.MatmulLimit(w, device)
     per_step = {(w.batch, w.hidden, bench.GATES[cell] * w.hidden), (w.batch, bench.GATES[cell] * w.hidden, w.hidden)}
     steps = max(10, int(60 * (32 / hidden) ** 2))  # at least `rnnlab bench`'s 10 a round; more where steps are short
-    data = [bench.batch(w, device, k) for k in range(4)]
-    for k in range(3):
-        step(*data[k % 4])
+    bench.time_steps(step, w, device, 3)  # warm-up, as `rnnlab bench`'s
     rows = defaultdict(list)
     for _ in range(rounds):
-        step(*data[0])  # untimed, as bench.time_steps: the first step after the limit's loops finds cold caches
+        step(*bench.batch(w, device))  # untimed and unwrapped: the first step after the limit's loops is cold
         seconds = defaultdict(float)
         with _ops_timed(seconds):
-            t0 = time.perf_counter()
-            for k in range(steps):
-                step(*data[k % 4])
-            total = (time.perf_counter() - t0) / steps
-        rows["step"].append(total)
+            rows["step"].append(bench.time_steps(step, w, device, steps, warm=0))
         rows["products"].append(sum(seconds[n] for n in PRODUCTS) / steps)
         rows["loops"].append(sum(seconds[n] for n in LOOPS) / steps)
         rows["embedding_grad"].append(seconds["embedding_backward"] / steps)
-        shares = {shape: n * bench._product_seconds(f, *shape, device) for shape, n, _, f in limit.chosen}
+        shares = limit.shares()
         rows["limit_loops"].append(sum(s for shape, s in shares.items() if shape in per_step))
         rows["limit_products"].append(sum(s for shape, s in shares.items() if shape not in per_step))
     ms = {k: 1000 * statistics.median(v) for k, v in rows.items()}  # each column its median over the rounds;

@@ -351,8 +351,12 @@ class MatmulLimit:
                     best, best_name = t, name
             self.chosen.append((shape, n, best_name, kernels[best_name]))
 
+    def shares(self) -> dict[tuple[int, int, int], float]:
+        """Each shape's part of the limit, timed now: {(M, K, N): its count x seconds per product}."""
+        return {shape: n * _product_seconds(f, *shape, self.device) for shape, n, _, f in self.chosen}
+
     def seconds(self) -> float:
-        return sum(n * _product_seconds(f, *shape, self.device) for shape, n, _, f in self.chosen)
+        return sum(self.shares().values())
 
 
 # -- peak memory of one step ---------------------------------------------------------------------------
